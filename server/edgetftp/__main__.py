@@ -1,0 +1,5 @@
+import sys
+
+from edgetftp.cli import main
+
+sys.exit(main())

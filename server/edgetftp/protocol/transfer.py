@@ -1,0 +1,345 @@
+"""The read transfer: one RRQ answered, from negotiation to the last ACK.  Sans-IO.
+
+Rules of this file:
+1. No I/O and no clock.  Every method that depends on time takes ``now`` (seconds on the driver's
+   monotonic clock); deadlines returned by ``get_timer()`` are absolute on that clock.
+2. Mutate, then drain: after any call the driver sends ``datagrams_to_send()``, re-reads
+   ``get_timer()`` and pops ``next_event()`` until it returns None.
+3. The driver resolves the file, then calls ``accept(size)`` or ``reject(code, message)``; it
+   supplies the bytes with ``feed(data, eof)`` whenever ``bytes_wanted()`` is positive (a resident
+   file is fed whole, once, and sliced without copying).
+
+States: RESOLVING --accept--> OACK_SENT --ACK 0--> SENDING --last ACK--> ENDED
+                   \\--accept (no options)------> SENDING
+        any state --reject/abort/cancel/client ERROR/timeout/illegal packet--> ENDED
+
+Block numbers on the wire are 16 bits and roll over to 0; inside, blocks are counted with
+unbounded integers (``seq``) and mapped back with ``_unwrap``, so files of any size work.
+Sending: at most ``window`` blocks beyond the last acknowledged one.  ``window`` is the RFC 7440
+windowsize when the client negotiated one, else the anticipation setting (blocks sent ahead for
+lock-step clients), else 1.  Duplicate ACKs never send anything (Sorcerer's Apprentice): only a
+timeout resends, from the first unacknowledged block.  Until the client's first ACK proves its
+address is real, only the first reply (and its retransmissions) is sent: no amplification.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from edgetftp.protocol.codes import ErrorCode, Opcode
+from edgetftp.protocol.errors import LocalProtocolError, MalformedPacket
+from edgetftp.protocol.events import Outcome, TransferEnded, TransferStats
+from edgetftp.protocol.netascii import encode_netascii
+from edgetftp.protocol.options import Limits, negotiate
+from edgetftp.protocol.packets import (
+    Ack,
+    Error,
+    ReadRequest,
+    decode,
+    encode_error,
+    encode_oack,
+)
+
+SUPPORTED_MODES = frozenset({"octet", "netascii"})
+_DATA_HEADER = struct.Struct("!HH")
+_WIRE = 0x10000
+
+
+class State(Enum):
+    RESOLVING = auto()  # the driver is looking the file up
+    OACK_SENT = auto()  # waiting for ACK 0
+    SENDING = auto()
+    ENDED = auto()
+
+
+@dataclass(frozen=True, slots=True)
+class TransferConfig:
+    """Server-side knobs of every transfer (the per-transfer blksize cap comes separately)."""
+
+    timeout: float = 1.0  # first retransmission timeout when the client does not negotiate one
+    max_timeout: float = 4.0  # cap after exponential backoff
+    retries: int = 5  # retransmissions of the same data before giving up
+    max_window: int = 64  # largest RFC 7440 windowsize granted
+    anticipate: int = 0  # blocks sent ahead for clients without windowsize (0 = lock-step)
+    read_ahead: int = 32  # blocks buffered beyond the window when the file is streamed
+
+
+class ReadTransfer:
+    """One read transfer.  See the module docstring for the driver contract."""
+
+    def __init__(self, request: ReadRequest, config: TransferConfig, max_blksize: int, now: float) -> None:
+        self.request = request
+        self._config = config
+        self._max_blksize = max_blksize
+        self.state = State.RESOLVING
+        self.stats = TransferStats(filename=request.filename, mode=request.mode, started=now)
+        self._outgoing: list[bytes] = []
+        self._events: deque[TransferEnded] = deque()
+        self._deadline: float | None = None
+        # negotiated
+        self._blksize = 512
+        self._window = 1
+        self._go_back_on_ack = False  # RFC 7440: an ACK inside the window reports a gap
+        self._base_rto = config.timeout
+        self._max_rto = config.max_timeout
+        self._rto = config.timeout
+        self._oack = b""
+        # progress, counted in blocks from 1 (unbounded)
+        self._acked = 0  # highest block the client acknowledged
+        self._next = 1  # next block to send
+        self._highest_sent = 0
+        self._last_block: int | None = None  # known once the end of the file has been fed
+        self._peer_confirmed = False  # the client has ACKed: its address is not spoofed
+        self._retries = 0
+        # the stream, as encoded for the wire (netascii expands it)
+        self._buffer = memoryview(b"")
+        self._buffer_start = 0  # stream offset of self._buffer[0]
+        self._fed = 0  # stream bytes received from the driver
+        self._eof = False
+        if request.mode not in SUPPORTED_MODES:
+            self._fail(Outcome.REJECTED, ErrorCode.ILLEGAL_OPERATION, "Unsupported mode", now)
+
+    # --- driver API: resolution and data ------------------------------------------------------
+
+    def accept(self, size: int | None, now: float) -> None:
+        """The file exists and may be served; ``size`` in bytes (None if unknown)."""
+        if self.state is not State.RESOLVING:
+            raise LocalProtocolError(f"accept() in state {self.state.name}")
+        granted = negotiate(
+            self.request.options,
+            self.request.mode,
+            size,
+            Limits(max_blksize=self._max_blksize, max_window=self._config.max_window),
+        )
+        self._blksize = granted.blksize
+        if "windowsize" in granted.oack:
+            self._window, self._go_back_on_ack = granted.windowsize, True
+        elif self._config.anticipate > 0:
+            self._window = self._config.anticipate
+        if granted.timeout is not None:
+            self._base_rto = float(granted.timeout)
+            self._max_rto = max(self._max_rto, self._base_rto)
+        self._rto = self._base_rto
+        self.stats.blksize, self.stats.windowsize, self.stats.size = self._blksize, self._window, size
+        if granted.oack:
+            self._oack = encode_oack(granted.oack)
+            self.state = State.OACK_SENT
+            self._send(self._oack)
+            self._deadline = now + self._rto
+        else:
+            self.state = State.SENDING
+            self._fill(now)
+
+    def reject(self, code: int, message: str, now: float, detail: str = "") -> None:
+        """Refuse the request before anything was sent: one ERROR, then the end.
+
+        ``message`` goes to the client; ``detail`` (the real cause) only to the end event.
+        """
+        if self.state is not State.RESOLVING:
+            raise LocalProtocolError(f"reject() in state {self.state.name}")
+        self._fail(Outcome.REJECTED, code, message, now, detail)
+
+    def feed(self, data: bytes | memoryview, eof: bool, now: float) -> None:
+        """Append the next bytes of the file (raw; netascii is encoded here)."""
+        if self.state is State.ENDED:
+            return
+        if self._eof:
+            raise LocalProtocolError("feed() after eof")
+        chunk = encode_netascii(data) if self.request.mode == "netascii" else data
+        self._append(chunk)
+        if eof:
+            self._eof = True
+            self._last_block = self._fed // self._blksize + 1
+        if self.state is State.SENDING:
+            self._fill(now)
+
+    def bytes_wanted(self) -> int:
+        """How many more stream bytes the transfer would like buffered now (0: enough)."""
+        if self._eof or self.state is State.ENDED or self.state is State.RESOLVING:
+            return 0
+        target = (self._acked + self._window + self._config.read_ahead) * self._blksize
+        return max(0, target - self._fed)
+
+    def abort(
+        self, code: int, message: str, now: float, outcome: Outcome = Outcome.CANCELLED, detail: str = ""
+    ) -> None:
+        """End the transfer with an ERROR to the client (shutdown, source failure)."""
+        if self.state is not State.ENDED:
+            self._fail(outcome, code, message, now, detail)
+
+    def cancel(self, now: float) -> None:
+        """End the transfer silently (the client's new request replaced it)."""
+        if self.state is not State.ENDED:
+            self._end(Outcome.CANCELLED, now, reason="replaced by a new request")
+
+    # --- driver API: network and time ---------------------------------------------------------
+
+    def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
+        """A datagram from the client's address (the driver demultiplexes by address)."""
+        if self.state is State.ENDED:
+            return
+        if len(data) >= 4 and data[0] == 0 and data[1] == Opcode.ACK:  # the hot path: no allocation
+            self._on_ack((data[2] << 8) | data[3], now)
+            return
+        try:
+            packet = decode(bytes(data))
+        except MalformedPacket as exc:
+            self._fail(
+                Outcome.PROTOCOL_ERROR, ErrorCode.ILLEGAL_OPERATION, "Illegal TFTP operation", now, str(exc)
+            )
+            return
+        if isinstance(packet, Ack):
+            self._on_ack(packet.block, now)
+        elif isinstance(packet, Error):
+            # The client ended it: UEFI ends its tsize probe with code 8 (or 0).  No reply.
+            self._end(Outcome.ABORTED, now, error_code=packet.code, reason=packet.message)
+        elif isinstance(packet, ReadRequest):
+            return  # the driver decides about requests; a stray one here is ignored
+        else:
+            detail = f"unexpected {type(packet).__name__}"
+            self._fail(
+                Outcome.PROTOCOL_ERROR, ErrorCode.ILLEGAL_OPERATION, "Illegal TFTP operation", now, detail
+            )
+
+    def handle_timer(self, now: float) -> None:
+        if self._deadline is None or now < self._deadline or self.state is State.ENDED:
+            return
+        self._retries += 1
+        if self._retries > self._config.retries:
+            self._give_up(now)
+            return
+        self._rto = min(self._rto * 2, self._max_rto)
+        if self.state is State.OACK_SENT:
+            self.stats.retransmits += 1
+            self._send(self._oack)
+        else:
+            self._next = self._acked + 1  # go back to the first unacknowledged block
+            self._fill(now)
+        self._deadline = now + self._rto
+
+    def get_timer(self) -> float | None:
+        return self._deadline
+
+    def datagrams_to_send(self) -> list[bytes]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def next_event(self) -> TransferEnded | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def ended(self) -> bool:
+        return self.state is State.ENDED
+
+    @property
+    def peer_confirmed(self) -> bool:
+        """True once the client has acknowledged something (its address answers)."""
+        return self._peer_confirmed
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _on_ack(self, wire_block: int, now: float) -> None:
+        if self.state is State.OACK_SENT:
+            if wire_block == 0:
+                self._peer_confirmed = True
+                self.state = State.SENDING
+                self._retries, self._rto, self._deadline = 0, self._base_rto, None
+                self._fill(now)
+            return
+        if self.state is not State.SENDING:
+            return
+        block = self._unwrap(wire_block)
+        if block < self._acked:
+            return  # stale (reordered) ACK
+        if block == self._acked:
+            self.stats.duplicate_acks += 1  # never answered: that is the Sorcerer's Apprentice bug
+            return
+        self._peer_confirmed = True
+        self._acked = block
+        self._retries, self._rto = 0, self._base_rto
+        if self._last_block is not None and block >= self._last_block:
+            self._end(Outcome.COMPLETED, now)
+            return
+        if self._go_back_on_ack and block < self._next - 1:
+            self._next = block + 1  # the client reported a gap inside the window: resend from it
+        self._deadline = None
+        self._fill(now)
+
+    def _unwrap(self, wire_block: int) -> int:
+        """The block number (unbounded) that a 16-bit ACK refers to, at or below the highest sent."""
+        return self._highest_sent - ((self._highest_sent - wire_block) % _WIRE)
+
+    def _fill(self, now: float) -> None:
+        """Send blocks up to the window's edge, as far as the data allows."""
+        window = self._window if self._peer_confirmed else 1
+        limit = self._acked + window
+        if self._last_block is not None and limit > self._last_block:
+            limit = self._last_block
+        sent = 0
+        while self._next <= limit:
+            payload = self._payload(self._next)
+            if payload is None:
+                break  # the driver has not fed these bytes yet
+            self._outgoing.append(_DATA_HEADER.pack(Opcode.DATA, self._next & 0xFFFF) + payload)
+            if self._next > self._highest_sent:
+                self._highest_sent = self._next
+                self.stats.bytes_sent += len(payload)
+            else:
+                self.stats.retransmits += 1
+            self._next += 1
+            sent += 1
+        self.stats.datagrams_sent += sent
+        if sent or (self._deadline is None and self._highest_sent > self._acked):
+            self._deadline = now + self._rto
+
+    def _payload(self, block: int) -> memoryview | None:
+        start = (block - 1) * self._blksize
+        end = start + self._blksize
+        if end > self._fed:
+            if not self._eof:
+                return None
+            end = self._fed
+        offset = self._buffer_start
+        return self._buffer[start - offset : end - offset]
+
+    def _append(self, chunk: bytes | memoryview) -> None:
+        if not self._buffer:
+            self._buffer, self._buffer_start = memoryview(chunk), self._fed  # zero-copy (whole files)
+        else:
+            # Keep only what may still be (re)sent: from the first unacknowledged block on.
+            keep_from = max(self._buffer_start, self._acked * self._blksize)
+            kept = self._buffer[keep_from - self._buffer_start :]
+            self._buffer, self._buffer_start = memoryview(b"".join((kept, chunk))), keep_from
+        self._fed += len(chunk)
+
+    def _give_up(self, now: float) -> None:
+        only_final_ack_missing = (
+            self.state is State.SENDING
+            and self._last_block is not None
+            and self._highest_sent == self._last_block
+            and self._acked == self._last_block - 1
+        )
+        if only_final_ack_missing:
+            # Some clients never send the last ACK (dnsmasq notes it too): not a failure.
+            self.stats.final_ack_missing = True
+            self._end(Outcome.COMPLETED, now)
+        else:
+            self._end(Outcome.TIMED_OUT, now, reason=f"no answer after {self._config.retries} retries")
+
+    def _fail(self, outcome: Outcome, code: int, message: str, now: float, detail: str = "") -> None:
+        self._send(encode_error(code, message))
+        self._end(outcome, now, error_code=code, reason=detail or message)
+
+    def _end(self, outcome: Outcome, now: float, error_code: int | None = None, reason: str = "") -> None:
+        self.state = State.ENDED
+        self._deadline = None
+        self._buffer = memoryview(b"")  # release the file's bytes promptly
+        self.stats.ended = now
+        self._events.append(TransferEnded(outcome, self.stats, error_code, reason))
+
+    def _send(self, datagram: bytes) -> None:
+        self._outgoing.append(datagram)
+        self.stats.datagrams_sent += 1
