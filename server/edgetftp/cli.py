@@ -32,7 +32,7 @@ def server_config(settings: Settings) -> ServerConfig:
     return ServerConfig(
         host=address.host,
         port=address.port,
-        port_mode=settings.port_mode,
+        port_mode=settings.reply_ports,
         mtu=settings.mtu,
         max_blksize=settings.max_blksize,
         transfer=TransferConfig(
@@ -88,7 +88,7 @@ async def serve(settings: Settings) -> int:
         __version__,
         source.description,
         format_address(server.local_address),
-        settings.port_mode.value,
+        settings.port_mode,
     )
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -132,7 +132,7 @@ def _event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:
         return None
-    return uvloop.Loop  # type: ignore[no-any-return]
+    return uvloop.Loop
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ Linux-only where it must be (ioctl numbers, /proc); every lookup fails soft (Non
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import socket
@@ -57,10 +58,9 @@ def open_udp_socket(
     try:
         sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
+            # The kernel caps it at rmem_max/wmem_max; a smaller buffer still works.
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, buffer_bytes)
-            except OSError:
-                pass  # the kernel caps it at rmem_max/wmem_max; a smaller buffer still works
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if want_pktinfo:

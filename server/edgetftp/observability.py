@@ -26,8 +26,12 @@ TRANSFERS = Counter("edgetftp_transfers", "Finished transfers by outcome", ["out
 BYTES_SENT = Counter("edgetftp_bytes_sent", "File bytes sent (first transmissions)", registry=REGISTRY)
 DATAGRAMS_SENT = Counter("edgetftp_datagrams_sent", "Datagrams sent by transfers", registry=REGISTRY)
 RETRANSMITS = Counter("edgetftp_retransmits", "Datagrams sent again after a timeout", registry=REGISTRY)
-REFUSED = Counter("edgetftp_requests_refused", "Requests refused before a transfer", ["reason"], registry=REGISTRY)
-DROPPED = Counter("edgetftp_datagrams_dropped", "Datagrams ignored or not sent", ["reason"], registry=REGISTRY)
+REFUSED = Counter(
+    "edgetftp_requests_refused", "Requests refused before a transfer", ["reason"], registry=REGISTRY
+)
+DROPPED = Counter(
+    "edgetftp_datagrams_dropped", "Datagrams ignored or not sent", ["reason"], registry=REGISTRY
+)
 ACTIVE = Gauge("edgetftp_active_sessions", "Transfers in progress", registry=REGISTRY)
 BLKSIZE = Histogram(
     "edgetftp_negotiated_blksize",
@@ -45,7 +49,9 @@ DURATION = Histogram(
 CACHE_HITS = Counter("edgetftp_cache_hits", "Opens answered from the cache", registry=REGISTRY)
 CACHE_MISSES = Counter("edgetftp_cache_misses", "Opens that went to the store", registry=REGISTRY)
 S3_REQUESTS = Counter("edgetftp_s3_requests", "S3 API calls by operation", ["operation"], registry=REGISTRY)
-S3_ERRORS = Counter("edgetftp_s3_errors", "Failed S3 API calls by operation", ["operation"], registry=REGISTRY)
+S3_ERRORS = Counter(
+    "edgetftp_s3_errors", "Failed S3 API calls by operation", ["operation"], registry=REGISTRY
+)
 
 
 def setup_logging(level: str, json: bool) -> None:
@@ -127,7 +133,9 @@ class HealthServer:
             path = environ.get("PATH_INFO", "")
             if path == "/healthz":
                 healthy = is_healthy()
-                start_response("200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                start_response(
+                    "200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "text/plain")]
+                )
                 return [b"ok\n" if healthy else b"unhealthy\n"]
             if path == "/metrics":
                 return metrics_app(environ, start_response)  # type: ignore[no-any-return]

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     )
 
     source: CliPositionalArg[str] = Field(
+        None,  # type: ignore[assignment]  # optional on the command line when EDGETFTP_SOURCE is set
         description="a directory of files to serve, or s3://bucket/prefix/ (env EDGETFTP_SOURCE)",
     )
 
@@ -88,9 +89,8 @@ class Settings(BaseSettings):
         "0.0.0.0:69",
         description="UDP address to serve on: HOST:PORT, [IPv6]:PORT, or a name such as fly-global-services",
     )
-    port_mode: PortMode = Field(
-        PortMode.SINGLE,
-        description="single: all replies from the listening port; per-transfer: RFC 1350 TIDs",
+    port_mode: Literal["single", "per-transfer"] = Field(
+        "single", description="single: all replies from the listening port; per-transfer: RFC 1350 TIDs"
     )
     mtu: int | None = Field(
         None,
@@ -152,9 +152,11 @@ class Settings(BaseSettings):
     s3_timeout: float = Field(5.0, gt=0, le=120, description="seconds for an S3 connect or read")
     s3_retries: int = Field(3, ge=1, le=10, description="attempts per S3 call (botocore standard retries)")
     s3_pool: int = Field(64, ge=1, le=1024, description="S3 HTTP connections kept open")
-    cache_bytes: int = Field(256 * 2**20, ge=0, description="bytes of S3 objects kept in memory (LRU)")
+    cache_bytes: int = Field(
+        256 * 2**20, ge=0, description="bytes of files kept in memory, shared by all transfers (LRU)"
+    )
     cache_object_max: int = Field(
-        64 * 2**20, ge=0, description="largest S3 object kept in memory; larger ones are streamed"
+        64 * 2**20, ge=0, description="largest file kept in memory; larger ones are streamed"
     )
     cache_ttl: float = Field(60.0, ge=0, description="seconds before a cached object is revalidated by ETag")
     negative_cache_ttl: float = Field(10.0, ge=0, description="seconds a missing key is remembered")
@@ -174,9 +176,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a file extension: {ext!r}")
         return value
 
-    @field_validator("source")
+    @field_validator("source", mode="before")
     @classmethod
-    def _check_source(cls, value: str) -> str:
+    def _check_source(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("missing: give a directory or s3://bucket/prefix/ (or set EDGETFTP_SOURCE)")
         if "://" in value:
             scheme = value.split("://", 1)[0].lower()
             if scheme != "s3":
@@ -196,18 +200,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
+        # "name: text" lets _describe_validation_error name the setting at fault.
         if self.max_sessions_per_client > self.max_sessions:
-            raise ValueError("max_sessions_per_client must not exceed max_sessions")
+            raise ValueError(f"max_sessions_per_client: must not exceed --max-sessions ({self.max_sessions})")
         if self.max_timeout < self.timeout:
-            raise ValueError("max_timeout must not be below timeout")
+            raise ValueError(f"max_timeout: must not be below --timeout ({self.timeout})")
         if self.cache_object_max > self.cache_bytes > 0:
-            raise ValueError("cache_object_max must not exceed cache_bytes")
+            raise ValueError(f"cache_object_max: must not exceed --cache-bytes ({self.cache_bytes})")
         return self
 
     # --- derived values ---
     @property
     def listen_address(self) -> ListenAddress:
         return parse_host_port(self.listen)
+
+    @property
+    def reply_ports(self) -> PortMode:
+        return PortMode(self.port_mode)
 
     @property
     def http_address(self) -> ListenAddress | None:
@@ -249,13 +258,12 @@ def _describe_validation_error(exc: ValidationError) -> str:
         location = [str(part) for part in error["loc"] if isinstance(part, str)]
         message = error["msg"].removeprefix("Value error, ")
         if not location:
-            lines.append(f"invalid settings: {message}")
-            continue
-        name = location[0]
-        flag = "--" + name.replace("_", "-")
-        env = "EDGETFTP_" + name.upper()
-        if name == "source" and error["type"] == "missing":
-            lines.append("missing SOURCE: give a directory or s3://bucket/prefix/ (or EDGETFTP_SOURCE)")
+            name, _, message = message.partition(": ")
         else:
-            lines.append(f"invalid setting {flag} ({env}): {message}")
+            name = location[0]
+        if name == "source":
+            lines.append(f"invalid SOURCE (EDGETFTP_SOURCE): {message}")
+        else:
+            flag = "--" + name.replace("_", "-")
+            lines.append(f"invalid setting {flag} (EDGETFTP_{name.upper()}): {message}")
     return "\n".join(lines)

@@ -118,12 +118,11 @@ def _decode_request(opcode: int, datagram: bytes) -> ReadRequest | WriteRequest:
 def _split_fields(datagram: bytes, start: int) -> list[bytes]:
     """NUL-terminated strings from ``start``.  Trailing NUL padding (some PXE ROMs) is tolerated."""
     body = bytes(datagram[start:])
+    if not body:
+        return []
     if not body.endswith(b"\0"):
         raise MalformedPacket("string field not NUL-terminated")
-    fields = body[:-1].split(b"\0")
-    while len(fields) > 2 and fields[-1] == b"":
-        fields.pop()
-    return fields
+    return body[:-1].split(b"\0")  # padding yields empty names, which _pair_options skips
 
 
 def _pair_options(fields: list[bytes]) -> dict[str, str]:

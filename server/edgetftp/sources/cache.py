@@ -31,6 +31,7 @@ from typing import Generic, Protocol, TypeVar
 
 from loguru import logger
 
+from edgetftp.observability import CACHE_HITS, CACHE_MISSES
 from edgetftp.sources.base import AccessDenied, FileNotFound, SourceUnavailable
 
 #: After a failed revalidation, how long a stale resident copy is served before the store is asked again.
@@ -168,16 +169,25 @@ class EdgeCache:
         """Whether the object is fetched whole and held (else the caller streams it)."""
         return self.limits.total_bytes > 0 and info.size <= self.limits.object_max
 
+    def resolve_now(self, key: str) -> Resolved | None:
+        """The answer from memory while it is fresh (FileNotFound for a remembered miss), else None."""
+        meta = self._meta.get(key)
+        if meta is None or self.clock() >= meta.fresh_until:
+            return None
+        CACHE_HITS.inc()
+        self._meta.move_to_end(key)
+        if meta.info is None:
+            self.stats.negative_hits += 1
+            raise FileNotFound(f"{key}: missing (remembered)")
+        self.stats.hits += 1
+        return self._resolved(key, meta.info)
+
     async def resolve(self, key: str) -> Resolved:
         """Metadata (and resident bytes) of ``key``: from memory while fresh, else from one shared HEAD."""
-        meta = self._meta.get(key)
-        if meta is not None and self.clock() < meta.fresh_until:
-            self._meta.move_to_end(key)
-            if meta.info is None:
-                self.stats.negative_hits += 1
-                raise FileNotFound(f"{key}: missing (remembered)")
-            self.stats.hits += 1
-            return self._resolved(key, meta.info)
+        fresh = self.resolve_now(key)
+        if fresh is not None:
+            return fresh
+        CACHE_MISSES.inc()
         return await self._lookups.run(key, partial(self._lookup, key))
 
     async def body(self, key: str, info: ObjectInfo) -> memoryview:

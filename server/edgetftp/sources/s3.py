@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from edgetftp.observability import S3_ERRORS, S3_REQUESTS
 from edgetftp.sources.base import (
     AccessDenied,
     Content,
@@ -35,7 +36,7 @@ from edgetftp.sources.base import (
     SourceError,
     SourceUnavailable,
 )
-from edgetftp.sources.cache import CacheLimits, EdgeCache, ObjectChanged, ObjectInfo
+from edgetftp.sources.cache import CacheLimits, EdgeCache, ObjectChanged, ObjectInfo, Resolved
 
 if TYPE_CHECKING:
     from edgetftp.settings import Settings
@@ -310,6 +311,7 @@ class S3Store:
         if self._client is None:
             raise SourceUnavailable("the S3 source is not started")
         started = time.perf_counter()
+        S3_REQUESTS.labels(operation).inc()
         try:
             async with asyncio.timeout(self.options.call_deadline):
                 response: dict[str, Any] = await getattr(self._client, operation)(
@@ -317,6 +319,7 @@ class S3Store:
                 )
         except Exception as exc:
             error = map_error(exc, f"{operation} {self._where(key)}")
+            S3_ERRORS.labels(operation).inc()
             if _is_answer(exc):
                 self._last_answer = self._clock()
             if self.options.debug_api:
@@ -469,9 +472,17 @@ class S3Source(Source):
             self.cache.limits.object_max >> 20,
         )
 
+    def open_now(self, path: str) -> Content | None:
+        """The content while the cached metadata is fresh (no S3 call can be needed), else None."""
+        key = self.location.key_for(path)
+        resolved = self.cache.resolve_now(key)
+        return None if resolved is None else self._content(key, resolved)
+
     async def open(self, path: str) -> Content:
         key = self.location.key_for(path)
-        resolved = await self.cache.resolve(key)
+        return self._content(key, await self.cache.resolve(key))
+
+    def _content(self, key: str, resolved: Resolved) -> Content:
         if resolved.body is not None:
             return MemoryContent(resolved.body)
         if resolved.info.size == 0:

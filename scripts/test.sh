@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh Debian 12 machine (as root, or with the tools already
+# installed), then run the linters and the whole test suite.  Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  curl atftp tftp-hpa busybox   # real TFTP clients
+  tftpd-hpa                     # the peer server the tests and the benchmark compare against
+  iproute2 iptables util-linux  # network namespaces for the MTU and loss tests; taskset
+  qemu-system-x86 ipxe-qemu     # iPXE in QEMU, a real PXE client
+  ipxe                          # iPXE binaries for the image's content
+  docker.io debootstrap         # image tests against a local engine with stand-in base images
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # policy-rc.d keeps packages such as tftpd-hpa from starting daemons on this machine
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+  else
+    echo "note: not root: tests that need ${missing[*]} will be skipped" >&2
+  fi
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+ruff check .
+ruff format --check .
+mypy
+python3 -m pytest -q -p no:cacheprovider "$@"

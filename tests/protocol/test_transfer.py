@@ -1,0 +1,303 @@
+"""The read-transfer state machine, driven with a fake clock and no sockets (aioquic-style)."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgetftp.protocol import (
+    Data,
+    Error,
+    ErrorCode,
+    LocalProtocolError,
+    OptionAck,
+    Outcome,
+    ReadRequest,
+    ReadTransfer,
+    TransferConfig,
+    decode,
+)
+from edgetftp.protocol.packets import encode_ack, encode_error
+
+CONFIG = TransferConfig(timeout=1.0, max_timeout=4.0, retries=5)
+
+
+def make(
+    data: bytes,
+    options: dict[str, str] | None = None,
+    config: TransferConfig = CONFIG,
+    mode: str = "octet",
+    max_blksize: int = 1468,
+) -> ReadTransfer:
+    transfer = ReadTransfer(ReadRequest("f", mode, options or {}), config, max_blksize, now=0.0)
+    transfer.accept(len(data), now=0.0)
+    transfer.feed(data, eof=True, now=0.0)
+    return transfer
+
+
+def sent(transfer: ReadTransfer) -> list[object]:
+    return [decode(datagram) for datagram in transfer.datagrams_to_send()]
+
+
+def ack(transfer: ReadTransfer, block: int, now: float = 0.0) -> list[object]:
+    transfer.receive_datagram(encode_ack(block), now)
+    return sent(transfer)
+
+
+def test_no_options_answers_with_data_1() -> None:
+    transfer = make(b"a" * 700)
+    assert sent(transfer) == [Data(1, b"a" * 512)]
+    assert ack(transfer, 1) == [Data(2, b"a" * 188)]
+    assert ack(transfer, 2) == []
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.COMPLETED
+    assert event.stats.bytes_sent == 700 and event.stats.retransmits == 0
+
+
+def test_oack_then_ack_0_starts_the_data() -> None:
+    transfer = make(b"b" * 1000, {"blksize": "1000", "tsize": "0"})
+    assert sent(transfer) == [OptionAck({"blksize": "1000", "tsize": "1000"})]
+    assert ack(transfer, 0) == [Data(1, b"b" * 1000)]
+    assert ack(transfer, 1) == [Data(2, b"")]  # an exact multiple ends with an empty block
+    ack(transfer, 2)
+    assert transfer.ended
+
+
+def test_empty_file_is_one_empty_block() -> None:
+    transfer = make(b"")
+    assert sent(transfer) == [Data(1, b"")]
+    ack(transfer, 1)
+    assert transfer.ended
+
+
+def test_duplicate_acks_never_send_twice() -> None:
+    """The Sorcerer's Apprentice bug: a duplicated ACK must not duplicate the stream."""
+    transfer = make(b"c" * 2000)
+    sent(transfer)
+    assert ack(transfer, 1) == [Data(2, b"c" * 512)]
+    assert ack(transfer, 1) == []
+    assert ack(transfer, 1) == []
+    assert transfer.stats.duplicate_acks == 2
+
+
+def test_timeout_retransmits_with_backoff_then_gives_up() -> None:
+    transfer = make(b"d" * 2000)
+    sent(transfer)
+    assert transfer.get_timer() == 1.0
+    transfer.handle_timer(0.5)  # early wake-up: nothing happens
+    assert sent(transfer) == []
+    deadlines = []
+    for _ in range(5):
+        now = transfer.get_timer()
+        assert now is not None
+        deadlines.append(now)
+        transfer.handle_timer(now)
+        assert sent(transfer) == [Data(1, b"d" * 512)]
+    assert deadlines == [1.0, 3.0, 7.0, 11.0, 15.0]  # 1, then doubling, capped at 4 s
+    now = transfer.get_timer()
+    assert now is not None
+    transfer.handle_timer(now)
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.TIMED_OUT
+    assert transfer.get_timer() is None
+
+
+def test_missing_final_ack_is_not_a_failure() -> None:
+    transfer = make(b"e" * 600)
+    sent(transfer)
+    ack(transfer, 1)
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.COMPLETED and event.stats.final_ack_missing
+
+
+def test_client_error_ends_quietly() -> None:
+    """UEFI firmware reads tsize from the OACK, then aborts with ERROR 8."""
+    transfer = make(b"f" * 5000, {"tsize": "0", "blksize": "1468"})
+    assert sent(transfer) == [OptionAck({"blksize": "1468", "tsize": "5000"})]
+    transfer.receive_datagram(encode_error(8, "User aborted the transfer"), 0.1)
+    assert sent(transfer) == []
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.ABORTED and event.error_code == 8
+
+
+@pytest.mark.parametrize("mode", ["mail", "binary", ""])
+def test_unsupported_modes_are_refused(mode: str) -> None:
+    transfer = ReadTransfer(ReadRequest("f", mode, {}), CONFIG, 1468, 0.0)
+    assert sent(transfer) == [Error(ErrorCode.ILLEGAL_OPERATION, "Unsupported mode")]
+    assert transfer.ended
+
+
+def test_reject_sends_one_error_with_the_public_text() -> None:
+    transfer = ReadTransfer(ReadRequest("f", "octet", {"tsize": "0"}), CONFIG, 1468, 0.0)
+    transfer.reject(ErrorCode.FILE_NOT_FOUND, "File not found", 0.0, detail="s3: NoSuchKey bucket/f")
+    assert sent(transfer) == [Error(1, "File not found")]
+    event = transfer.next_event()
+    assert event is not None and event.reason == "s3: NoSuchKey bucket/f"
+    with pytest.raises(LocalProtocolError):
+        transfer.accept(1, 0.0)
+
+
+def test_illegal_packet_mid_transfer_gets_error_4() -> None:
+    transfer = make(b"g" * 2000)
+    sent(transfer)
+    transfer.receive_datagram(b"\x00\x03\x00\x01data", 0.1)  # a DATA packet sent to a reader
+    assert sent(transfer) == [Error(ErrorCode.ILLEGAL_OPERATION, "Illegal TFTP operation")]
+    assert transfer.ended
+
+
+def test_block_numbers_roll_over_to_zero() -> None:
+    data = bytes(range(256)) * (8 * 65537 // 256 + 1)
+    chunks = []
+    transfer2 = make(data, {"blksize": "8"})
+    sent(transfer2)
+    packets = ack(transfer2, 0)
+    wire_blocks = []
+    while packets:
+        (packet,) = packets
+        assert isinstance(packet, Data)
+        chunks.append(packet.payload)
+        wire_blocks.append(packet.block)
+        packets = ack(transfer2, packet.block)
+    assert b"".join(chunks) == data
+    assert wire_blocks[65534:65537] == [65535, 0, 1]
+    assert transfer2.ended
+
+
+def test_windowsize_sends_a_window_and_goes_back_on_a_gap() -> None:
+    transfer = make(b"h" * 512 * 10, {"windowsize": "4"})
+    sent(transfer)
+    window = ack(transfer, 0)
+    assert [p.block for p in window] == [1, 2, 3, 4]  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 4)] == [5, 6, 7, 8]  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 6)] == [7, 8, 9, 10]  # type: ignore[attr-defined]
+
+
+def test_anticipation_sends_ahead_only_after_the_client_answered() -> None:
+    """No amplification: a spoofed RRQ gets one DATA (and its retransmissions), never a burst."""
+    transfer = make(b"i" * 512 * 20, config=TransferConfig(anticipate=8))
+    assert [p.block for p in sent(transfer)] == [1]  # type: ignore[attr-defined]
+    total = 1
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        total += len(sent(transfer))
+    assert total == 1 + CONFIG.retries
+    transfer = make(b"i" * 512 * 20, config=TransferConfig(anticipate=8))
+    sent(transfer)
+    assert [p.block for p in ack(transfer, 1)] == list(range(2, 10))  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 2)] == [10]  # type: ignore[attr-defined]
+    assert ack(transfer, 2) == []  # duplicates still send nothing
+
+
+def test_streamed_feed_keeps_memory_bounded() -> None:
+    config = TransferConfig(read_ahead=4)
+    transfer = ReadTransfer(ReadRequest("f", "octet", {"blksize": "512"}), config, 1468, 0.0)
+    transfer.accept(512 * 100, 0.0)
+    sent(transfer)  # the OACK
+    data = bytes(random.Random(1).randbytes(512 * 100))
+    fed = 0
+    received = []
+    packets = ack(transfer, 0)
+    while not transfer.ended:
+        wanted = transfer.bytes_wanted()
+        if wanted:
+            chunk = data[fed : fed + wanted]
+            fed += len(chunk)
+            transfer.feed(chunk, fed >= len(data), 0.0)
+            packets += sent(transfer)
+        assert len(transfer._buffer) <= (1 + 4 + 1) * 512 * 2  # window + read-ahead, never the file
+        if not packets:
+            break
+        packet = packets.pop(0)
+        assert isinstance(packet, Data)
+        received.append(packet.payload)
+        packets += ack(transfer, packet.block)
+    assert b"".join(received) == data
+
+
+def test_netascii_is_encoded_across_block_boundaries() -> None:
+    data = b"a" * 511 + b"\nb\rc"
+    transfer = make(data, mode="netascii")
+    first = sent(transfer)
+    second = ack(transfer, 1)
+    payload = first[0].payload + second[0].payload  # type: ignore[attr-defined]
+    assert payload == b"a" * 511 + b"\r\nb\r\0c"
+
+
+# --- a lossy, duplicating client, as a hypothesis property ---------------------------------------
+
+
+def simulate(transfer: ReadTransfer, rng: random.Random, loss: float, duplicate: float, window: int) -> bytes:
+    """Deliver datagrams with loss and duplication until the transfer ends; return what the client got."""
+    now = 0.0
+    received: dict[int, bytes] = {}
+    expected, since_ack, last_acked = 1, 0, 0
+    to_server: deque[bytes] = deque()
+    client_deadline = 3.0
+    for _ in range(200_000):
+        for datagram in transfer.datagrams_to_send():
+            copies = 0 if rng.random() < loss else (2 if rng.random() < duplicate else 1)
+            for _ in range(copies):
+                packet = decode(datagram)
+                if isinstance(packet, OptionAck):
+                    to_server.append(encode_ack(0))
+                elif isinstance(packet, Data):
+                    client_deadline = now + 3.0
+                    if packet.block == expected & 0xFFFF:
+                        received[expected] = packet.payload
+                        since_ack += 1
+                        if len(packet.payload) < transfer.stats.blksize or since_ack >= window:
+                            to_server.append(encode_ack(expected))
+                            last_acked, since_ack = expected, 0
+                        expected += 1
+                    else:
+                        to_server.append(encode_ack(last_acked))  # out of order: report the last good
+        if transfer.ended:
+            break
+        if to_server:
+            datagram = to_server.popleft()
+            if rng.random() >= loss:
+                transfer.receive_datagram(datagram, now)
+            continue
+        server_deadline = transfer.get_timer()
+        if server_deadline is not None and server_deadline <= client_deadline:
+            now = server_deadline
+            transfer.handle_timer(now)
+        else:
+            now = client_deadline
+            client_deadline = now + 3.0
+            to_server.append(encode_ack(last_acked) if last_acked or expected > 1 else encode_ack(0))
+    return b"".join(received[i] for i in sorted(received))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(0, 20_000),
+    blksize=st.sampled_from([8, 512, 1428]),
+    window=st.sampled_from([1, 4, 16]),
+    anticipate=st.sampled_from([0, 8]),
+    loss=st.floats(0, 0.3),
+    duplicate=st.floats(0, 0.3),
+    seed=st.integers(0, 2**32),
+)
+def test_lossy_client_gets_the_exact_file(
+    size: int, blksize: int, window: int, anticipate: int, loss: float, duplicate: float, seed: int
+) -> None:
+    rng = random.Random(seed)
+    data = rng.randbytes(size)
+    options = {"blksize": str(blksize)}
+    if window > 1:
+        options["windowsize"] = str(window)
+    config = TransferConfig(retries=40, anticipate=anticipate)
+    transfer = make(data, options, config)
+    got = simulate(transfer, rng, loss, duplicate, window)
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.COMPLETED, event
+    assert got == data
+    if loss == 0 and duplicate == 0:
+        assert event.stats.retransmits == 0
