@@ -107,6 +107,8 @@ class Session:
         "peer",
         "reading",
         "request_bytes",
+        "started",
+        "streaming",
         "tasks",
         "timer_at",
         "timer_token",
@@ -115,6 +117,7 @@ class Session:
 
     def __init__(self, peer: Peer, request_bytes: bytes, transfer: ReadTransfer, endpoint: Endpoint) -> None:
         self.peer = peer
+        self.started = transfer.stats.started
         self.client_ip = peer[0]
         self.request_bytes = request_bytes
         self.transfer = transfer
@@ -122,6 +125,7 @@ class Session:
         self.ancillary: list[tuple[int, int, bytes]] = []
         self.content: Content | None = None
         self.offset = 0  # bytes read from a streamed content so far
+        self.streaming = False  # the content is read piece by piece (not resident)
         self.reading = False
         self.closed = False
         self.timer_at = math.inf
@@ -140,7 +144,8 @@ class TftpServer:
         self._buffer = bytearray(RECEIVE_BUFFER)
         self._view = memoryview(self._buffer)
         self._listener: Endpoint | None = None
-        self._bound_ifindex: int | None = None
+        self._bound_arrival = Arrival(None, None)  # what a socket bound to one address knows
+        self._batch = 1  # datagrams to read on the next wake-up (see _on_listener_readable)
         self._heap: list[tuple[float, int, Session]] = []
         self._tokens = itertools.count(1)
         self._wake: asyncio.TimerHandle | None = None
@@ -162,7 +167,7 @@ class TftpServer:
         )
         self._listener = Endpoint(sock, uses_pktinfo=wildcard)
         if not wildcard:
-            self._bound_ifindex = netutil.ifindex_of_address(address[0])
+            self._bound_arrival = Arrival(None, netutil.ifindex_of_address(address[0]))
         name = sock.getsockname()
         self.local_address = (str(name[0]), int(name[1]))
         self._loop.add_reader(sock.fileno(), self._on_listener_readable)
@@ -205,25 +210,31 @@ class TftpServer:
     # --- receiving -------------------------------------------------------------------------------
 
     def _on_listener_readable(self) -> None:
+        """Read a batch of datagrams.  The batch adapts: a lock-step transfer brings one datagram
+        per wake-up, and reading on until EAGAIN would cost a failed syscall and an exception for
+        each; under load the batch grows so that one wake-up serves many datagrams."""
         listener = self._listener
         if listener is None:
             return
-        for _ in range(DATAGRAMS_PER_WAKEUP):
+        sock, view, bound_arrival = listener.sock, self._view, self._bound_arrival
+        batch = self._batch
+        for count in range(batch):
             try:
                 if listener.uses_pktinfo:
-                    size, ancdata, _, address = listener.sock.recvmsg_into(
-                        (self._view,), netutil.ANCILLARY_SPACE
-                    )
+                    size, ancdata, _, address = sock.recvmsg_into((view,), netutil.ANCILLARY_SPACE)
                     arrival = netutil.parse_arrival(ancdata)
                 else:
-                    size, address = listener.sock.recvfrom_into(self._view)
-                    arrival = Arrival(None, self._bound_ifindex)
+                    size, address = sock.recvfrom_into(view)
+                    arrival = bound_arrival
             except (BlockingIOError, InterruptedError):
+                self._batch = max(1, count)
                 return
             except OSError:
                 self.observer.datagram_dropped("receive-error")  # e.g. ICMP errors surfacing
                 continue
-            self._on_listener_datagram(self._view[:size], (address[0], address[1]), arrival)
+            peer = address if len(address) == 2 else (address[0], address[1])
+            self._on_listener_datagram(view[:size], peer, arrival)
+        self._batch = min(batch * 2, DATAGRAMS_PER_WAKEUP)
 
     def _on_listener_datagram(self, data: memoryview, peer: Peer, arrival: Arrival) -> None:
         session = self._sessions.get(peer)
@@ -233,9 +244,9 @@ class TftpServer:
                 session.transfer.receive_datagram(data, self._loop.time())
                 self._flush(session)
                 return
-            if bytes(data) == session.request_bytes and not session.transfer.peer_confirmed:
+            if bytes(data) == session.request_bytes and self._is_young(session):
                 self.observer.datagram_dropped("retransmitted-request")
-                return  # the client resent its RRQ; our timer resends the reply
+                return  # the client resent its RRQ (or the network reordered it); our timer resends
             self._replace(session)
         if opcode == Opcode.RRQ:
             self._on_request(bytes(data), peer, arrival)
@@ -336,6 +347,13 @@ class TftpServer:
         if content.memory is not None:
             session.offset = content.size
             session.transfer.feed(content.memory, True, now)
+        else:
+            session.streaming = True
+
+    def _is_young(self, session: Session) -> bool:
+        """Within its first timeout a session's identical RRQ is a retransmission; later, a restart."""
+        young = self._loop.time() - session.started < self.config.transfer.timeout
+        return young or not session.transfer.peer_confirmed
 
     def _replace(self, session: Session) -> None:
         """A different request from a live session's address: the client moved on (dnsmasq does this)."""
@@ -356,7 +374,7 @@ class TftpServer:
         deadline = transfer.get_timer()
         if deadline is not None and deadline < session.timer_at:
             self._push_timer(session, deadline)
-        if not session.reading and session.content is not None and transfer.bytes_wanted() > 0:
+        if session.streaming and not session.reading and transfer.bytes_wanted() > 0:
             session.reading = True
             self._spawn(session, self._read_more(session))
 

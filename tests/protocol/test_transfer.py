@@ -301,3 +301,26 @@ def test_lossy_client_gets_the_exact_file(
     assert got == data
     if loss == 0 and duplicate == 0:
         assert event.stats.retransmits == 0
+
+
+def test_timeout_follows_the_measured_round_trip() -> None:
+    """A client that asked for timeout=6 still gets a lost block resent after ~RTT, not after 6 s."""
+    transfer = make(b"j" * 512 * 50, {"timeout": "6", "blksize": "512"})
+    sent(transfer)
+    now = 0.0
+    ack(transfer, 0, now)
+    for block in range(1, 20):
+        now += 0.05  # a 50 ms round trip
+        assert ack(transfer, block, now)
+    deadline = transfer.get_timer()
+    assert deadline is not None and deadline - now == pytest.approx(0.2)  # the 200 ms floor, not 6 s
+    transfer.handle_timer(deadline)
+    assert [p.block for p in sent(transfer)] == [20]  # type: ignore[attr-defined]
+    assert transfer.get_timer() == pytest.approx(deadline + 0.4)  # then exponential backoff
+
+
+def test_slow_paths_keep_the_configured_timeout_as_ceiling() -> None:
+    transfer = make(b"k" * 512 * 10)
+    sent(transfer)
+    ack(transfer, 1, 3.0)  # a 3 s round trip: the timeout stays at the 1 s ceiling
+    assert transfer.get_timer() == pytest.approx(4.0)

@@ -61,6 +61,7 @@ class TransferConfig:
 
     timeout: float = 1.0  # first retransmission timeout when the client does not negotiate one
     max_timeout: float = 4.0  # cap after exponential backoff
+    min_timeout: float = 0.2  # floor of the timeout measured from round trips (like TCP's 200 ms)
     retries: int = 5  # retransmissions of the same data before giving up
     max_window: int = 64  # largest RFC 7440 windowsize granted
     anticipate: int = 0  # blocks sent ahead for clients without windowsize (0 = lock-step)
@@ -86,6 +87,10 @@ class ReadTransfer:
         self._base_rto = config.timeout
         self._max_rto = config.max_timeout
         self._rto = config.timeout
+        self._srtt: float | None = None  # smoothed round-trip time (RFC 6298)
+        self._rttvar = 0.0
+        self._timed_block: int | None = None  # the block whose round trip is being timed (0: the OACK)
+        self._timed_at = 0.0
         self._oack = b""
         # progress, counted in blocks from 1 (unbounded)
         self._acked = 0  # highest block the client acknowledged
@@ -128,6 +133,7 @@ class ReadTransfer:
             self._oack = encode_oack(granted.oack)
             self.state = State.OACK_SENT
             self._send(self._oack)
+            self._timed_block, self._timed_at = 0, now
             self._deadline = now + self._rto
         else:
             self.state = State.SENDING
@@ -212,6 +218,7 @@ class ReadTransfer:
             self._give_up(now)
             return
         self._rto = min(self._rto * 2, self._max_rto)
+        self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
         if self.state is State.OACK_SENT:
             self.stats.retransmits += 1
             self._send(self._oack)
@@ -246,7 +253,8 @@ class ReadTransfer:
             if wire_block == 0:
                 self._peer_confirmed = True
                 self.state = State.SENDING
-                self._retries, self._rto, self._deadline = 0, self._base_rto, None
+                self._on_progress(0, now)
+                self._deadline = None
                 self._fill(now)
             return
         if self.state is not State.SENDING:
@@ -259,7 +267,7 @@ class ReadTransfer:
             return
         self._peer_confirmed = True
         self._acked = block
-        self._retries, self._rto = 0, self._base_rto
+        self._on_progress(block, now)
         if self._last_block is not None and block >= self._last_block:
             self._end(Outcome.COMPLETED, now)
             return
@@ -267,6 +275,25 @@ class ReadTransfer:
             self._next = block + 1  # the client reported a gap inside the window: resend from it
         self._deadline = None
         self._fill(now)
+
+    def _on_progress(self, block: int, now: float) -> None:
+        """An ACK moved the transfer forward: reset the retries and re-derive the timeout."""
+        self._retries = 0
+        if self._timed_block is not None and block >= self._timed_block:
+            self._sample_round_trip(now - self._timed_at)
+            self._timed_block = None
+        if self._srtt is None:
+            self._rto = self._base_rto
+        else:
+            measured = self._srtt + max(0.01, 4 * self._rttvar)
+            self._rto = min(self._base_rto, max(self._config.min_timeout, measured))
+
+    def _sample_round_trip(self, sample: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = sample, sample / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
+            self._srtt = 0.875 * self._srtt + 0.125 * sample
 
     def _unwrap(self, wire_block: int) -> int:
         """The block number (unbounded) that a 16-bit ACK refers to, at or below the highest sent."""
@@ -287,6 +314,8 @@ class ReadTransfer:
             if self._next > self._highest_sent:
                 self._highest_sent = self._next
                 self.stats.bytes_sent += len(payload)
+                if self._timed_block is None:
+                    self._timed_block, self._timed_at = self._next, now
             else:
                 self.stats.retransmits += 1
             self._next += 1
