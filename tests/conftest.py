@@ -72,6 +72,8 @@ class ServerProcess:
         self.host = host
         self.port = free_port(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
         listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        if "--drain-timeout" not in args:
+            args = ["--drain-timeout", "1", *args]  # tests leave stalled sessions behind: stop promptly
         self.args = [sys.executable, "-m", "edgetftp", "--listen", listen, *args]
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgetftp-{self.port}.log"
         self._log = open(self.log_path, "w+b")  # noqa: SIM115 - closed in stop()

@@ -44,6 +44,7 @@ TIMER_GRANULARITY = 0.01  # seconds: retransmission timers are coarse by nature;
 STREAM_READ_MIN = 64 * 1024
 
 Peer = tuple[str, int]
+_RRQ, _WRQ = int(Opcode.RRQ), int(Opcode.WRQ)  # plain ints: enum member lookups cost on the hot path
 
 
 class Observer(Protocol):
@@ -146,6 +147,7 @@ class TftpServer:
         self._listener: Endpoint | None = None
         self._bound_arrival = Arrival(None, None)  # what a socket bound to one address knows
         self._batch = 1  # datagrams to read on the next wake-up (see _on_listener_readable)
+        self._single_port = config.port_mode is PortMode.SINGLE
         self._heap: list[tuple[float, int, Session]] = []
         self._tokens = itertools.count(1)
         self._wake: asyncio.TimerHandle | None = None
@@ -239,8 +241,8 @@ class TftpServer:
     def _on_listener_datagram(self, data: memoryview, peer: Peer, arrival: Arrival) -> None:
         session = self._sessions.get(peer)
         opcode = (data[0] << 8 | data[1]) if len(data) >= 2 else -1
-        if session is not None and self.config.port_mode is PortMode.SINGLE:
-            if opcode != Opcode.RRQ:
+        if session is not None and self._single_port:
+            if opcode != _RRQ:
                 session.transfer.receive_datagram(data, self._loop.time())
                 self._flush(session)
                 return
@@ -248,9 +250,9 @@ class TftpServer:
                 self.observer.datagram_dropped("retransmitted-request")
                 return  # the client resent its RRQ (or the network reordered it); our timer resends
             self._replace(session)
-        if opcode == Opcode.RRQ:
+        if opcode == _RRQ:
             self._on_request(bytes(data), peer, arrival)
-        elif opcode == Opcode.WRQ:
+        elif opcode == _WRQ:
             self._refuse(peer, arrival, ErrorCode.ACCESS_VIOLATION, "Server is read-only", "write-request")
         else:
             self.observer.datagram_dropped("no-session")  # late ACKs, junk, stray ERRORs
@@ -365,8 +367,19 @@ class TftpServer:
     def _flush(self, session: Session) -> None:
         """Send what the transfer queued, re-arm its timer, handle its end, keep it fed."""
         transfer = session.transfer
-        for datagram in transfer.datagrams_to_send():
-            self._send_raw(session.endpoint, datagram, session.peer, session.ancillary)
+        outgoing = transfer.datagrams_to_send()
+        if outgoing:
+            if session.ancillary:
+                for datagram in outgoing:
+                    self._send_raw(session.endpoint, datagram, session.peer, session.ancillary)
+            else:
+                sendto, peer = session.endpoint.sock.sendto, session.peer
+                try:
+                    for datagram in outgoing:
+                        sendto(datagram, peer)
+                except OSError:
+                    # A full buffer or an unreachable peer: the retransmission timer covers the loss.
+                    self.observer.datagram_dropped("send-error")
         event = transfer.next_event()
         if event is not None:
             self._finish(session, event)

@@ -324,3 +324,31 @@ def test_slow_paths_keep_the_configured_timeout_as_ceiling() -> None:
     sent(transfer)
     ack(transfer, 1, 3.0)  # a 3 s round trip: the timeout stays at the 1 s ceiling
     assert transfer.get_timer() == pytest.approx(4.0)
+
+
+def test_anticipation_halves_on_timeout_and_grows_back_on_clean_windows() -> None:
+    transfer = make(b"m" * 512 * 200, config=TransferConfig(anticipate=8))
+    sent(transfer)
+    assert len(ack(transfer, 1)) == 8  # blocks 2..9 in flight
+    deadline = transfer.get_timer()
+    assert deadline is not None
+    transfer.handle_timer(deadline)
+    assert [p.block for p in sent(transfer)] == [2, 3, 4, 5]  # type: ignore[attr-defined]  # halved
+    now = deadline
+    block, widths = 1, []
+    while block < 60:
+        block += 1
+        now += 0.01
+        ack(transfer, block, now)
+        widths.append(transfer._cwnd)
+    assert widths[0] == 4 and widths[-1] == 8 and widths == sorted(widths)  # +1 per clean window
+
+
+def test_negotiated_windows_are_always_sent_whole() -> None:
+    transfer = make(b"n" * 512 * 40, {"windowsize": "8"})
+    sent(transfer)
+    ack(transfer, 0)
+    deadline = transfer.get_timer()
+    assert deadline is not None
+    transfer.handle_timer(deadline)
+    assert [p.block for p in sent(transfer)] == list(range(1, 9))  # type: ignore[attr-defined]

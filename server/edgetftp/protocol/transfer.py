@@ -44,8 +44,8 @@ from edgetftp.protocol.packets import (
 )
 
 SUPPORTED_MODES = frozenset({"octet", "netascii"})
-_DATA_HEADER = struct.Struct("!HH")
-_WIRE = 0x10000
+_pack_data_header = struct.Struct("!HH").pack
+_DATA, _ACK = int(Opcode.DATA), int(Opcode.ACK)
 
 
 class State(Enum):
@@ -53,6 +53,9 @@ class State(Enum):
     OACK_SENT = auto()  # waiting for ACK 0
     SENDING = auto()
     ENDED = auto()
+
+
+_OACK_SENT, _SENDING, _ENDED = State.OACK_SENT, State.SENDING, State.ENDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +86,13 @@ class ReadTransfer:
         # negotiated
         self._blksize = 512
         self._window = 1
+        self._cwnd = 1  # blocks allowed beyond the last ACK now (AIMD under anticipation)
+        self._clean_acks = 0  # blocks acknowledged since the window last grew or shrank
         self._go_back_on_ack = False  # RFC 7440: an ACK inside the window reports a gap
         self._base_rto = config.timeout
         self._max_rto = config.max_timeout
         self._rto = config.timeout
+        self._settled_rto = config.timeout  # the timeout after progress: measured, or the base
         self._srtt: float | None = None  # smoothed round-trip time (RFC 6298)
         self._rttvar = 0.0
         self._timed_block: int | None = None  # the block whose round trip is being timed (0: the OACK)
@@ -124,10 +130,11 @@ class ReadTransfer:
             self._window, self._go_back_on_ack = granted.windowsize, True
         elif self._config.anticipate > 0:
             self._window = self._config.anticipate
+        self._cwnd = self._window
         if granted.timeout is not None:
             self._base_rto = float(granted.timeout)
             self._max_rto = max(self._max_rto, self._base_rto)
-        self._rto = self._base_rto
+        self._rto = self._settled_rto = self._base_rto
         self.stats.blksize, self.stats.windowsize, self.stats.size = self._blksize, self._window, size
         if granted.oack:
             self._oack = encode_oack(granted.oack)
@@ -164,7 +171,9 @@ class ReadTransfer:
 
     def bytes_wanted(self) -> int:
         """How many more stream bytes the transfer would like buffered now (0: enough)."""
-        if self._eof or self.state is State.ENDED or self.state is State.RESOLVING:
+        if self._eof or self.state is not _SENDING:
+            # Nothing before the client's ACK 0: a UEFI size probe (OACK, then ERROR 8) must not
+            # start a download it will never use.
             return 0
         target = (self._acked + self._window + self._config.read_ahead) * self._blksize
         return max(0, target - self._fed)
@@ -185,9 +194,9 @@ class ReadTransfer:
 
     def receive_datagram(self, data: bytes | memoryview, now: float) -> None:
         """A datagram from the client's address (the driver demultiplexes by address)."""
-        if self.state is State.ENDED:
+        if self.state is _ENDED:
             return
-        if len(data) >= 4 and data[0] == 0 and data[1] == Opcode.ACK:  # the hot path: no allocation
+        if len(data) >= 4 and data[1] == _ACK and data[0] == 0:  # the hot path: no allocation
             self._on_ack((data[2] << 8) | data[3], now)
             return
         try:
@@ -224,6 +233,10 @@ class ReadTransfer:
             self._send(self._oack)
         else:
             self._next = self._acked + 1  # go back to the first unacknowledged block
+            if not self._go_back_on_ack:
+                # Anticipation overran the path: halve the burst (an RFC 7440 receiver, by contrast,
+                # only ACKs a full window, so a negotiated window is always sent whole).
+                self._cwnd, self._clean_acks = max(1, self._cwnd // 2), 0
             self._fill(now)
         self._deadline = now + self._rto
 
@@ -249,26 +262,32 @@ class ReadTransfer:
     # --- internals ------------------------------------------------------------------------------
 
     def _on_ack(self, wire_block: int, now: float) -> None:
-        if self.state is State.OACK_SENT:
-            if wire_block == 0:
-                self._peer_confirmed = True
-                self.state = State.SENDING
-                self._on_progress(0, now)
-                self._deadline = None
-                self._fill(now)
-            return
-        if self.state is not State.SENDING:
-            return
-        block = self._unwrap(wire_block)
-        if block < self._acked:
-            return  # stale (reordered) ACK
-        if block == self._acked:
-            self.stats.duplicate_acks += 1  # never answered: that is the Sorcerer's Apprentice bug
-            return
+        state = self.state
+        if state is _SENDING:
+            self._on_data_ack(wire_block, now)
+        elif state is _OACK_SENT and wire_block == 0:
+            self._peer_confirmed = True
+            self.state = _SENDING
+            self._on_progress(0, now)
+            self._deadline = None
+            self._fill(now)
+
+    def _on_data_ack(self, wire_block: int, now: float) -> None:
+        """The hot path: one ACK in, usually one DATA out.  Kept flat on purpose."""
+        highest = self._highest_sent
+        block = highest - ((highest - wire_block) & 0xFFFF)  # unwrap the 16-bit block number
+        if block <= self._acked:
+            if block == self._acked:
+                self.stats.duplicate_acks += 1  # never answered: that is the Sorcerer's Apprentice bug
+            return  # else a stale (reordered) ACK
+        self._clean_acks += block - self._acked
         self._peer_confirmed = True
         self._acked = block
         self._on_progress(block, now)
-        if self._last_block is not None and block >= self._last_block:
+        if self._clean_acks >= self._cwnd and self._cwnd < self._window:
+            self._cwnd, self._clean_acks = self._cwnd + 1, 0  # a clean window: grow back by one
+        last = self._last_block
+        if last is not None and block >= last:
             self._end(Outcome.COMPLETED, now)
             return
         if self._go_back_on_ack and block < self._next - 1:
@@ -277,62 +296,60 @@ class ReadTransfer:
         self._fill(now)
 
     def _on_progress(self, block: int, now: float) -> None:
-        """An ACK moved the transfer forward: reset the retries and re-derive the timeout."""
+        """An ACK moved the transfer forward: reset the retries and the backoff."""
         self._retries = 0
-        if self._timed_block is not None and block >= self._timed_block:
-            self._sample_round_trip(now - self._timed_at)
+        timed = self._timed_block
+        if timed is not None and block >= timed:
             self._timed_block = None
-        if self._srtt is None:
-            self._rto = self._base_rto
-        else:
-            measured = self._srtt + max(0.01, 4 * self._rttvar)
-            self._rto = min(self._base_rto, max(self._config.min_timeout, measured))
+            self._sample_round_trip(now - self._timed_at)
+        self._rto = self._settled_rto
 
     def _sample_round_trip(self, sample: float) -> None:
+        """RFC 6298 smoothing; the timeout stays between the floor and the configured/negotiated one."""
         if self._srtt is None:
             self._srtt, self._rttvar = sample, sample / 2
         else:
             self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
             self._srtt = 0.875 * self._srtt + 0.125 * sample
-
-    def _unwrap(self, wire_block: int) -> int:
-        """The block number (unbounded) that a 16-bit ACK refers to, at or below the highest sent."""
-        return self._highest_sent - ((self._highest_sent - wire_block) % _WIRE)
+        measured = self._srtt + max(0.01, 4 * self._rttvar)
+        self._settled_rto = min(self._base_rto, max(self._config.min_timeout, measured))
 
     def _fill(self, now: float) -> None:
-        """Send blocks up to the window's edge, as far as the data allows."""
-        window = self._window if self._peer_confirmed else 1
-        limit = self._acked + window
-        if self._last_block is not None and limit > self._last_block:
-            limit = self._last_block
-        sent = 0
-        while self._next <= limit:
-            payload = self._payload(self._next)
-            if payload is None:
-                break  # the driver has not fed these bytes yet
-            self._outgoing.append(_DATA_HEADER.pack(Opcode.DATA, self._next & 0xFFFF) + payload)
-            if self._next > self._highest_sent:
-                self._highest_sent = self._next
-                self.stats.bytes_sent += len(payload)
+        """Send blocks up to the window's edge, as far as the fed data allows."""
+        acked, block = self._acked, self._next
+        limit = acked + (self._cwnd if self._peer_confirmed else 1)
+        last = self._last_block
+        if last is not None and limit > last:
+            limit = last
+        blksize, fed, eof = self._blksize, self._fed, self._eof
+        buffer, base, highest = self._buffer, self._buffer_start, self._highest_sent
+        outgoing = self._outgoing
+        start = (block - 1) * blksize
+        sent = new_bytes = 0
+        while block <= limit:
+            end = start + blksize
+            if end > fed:
+                if not eof:
+                    break  # the driver has not fed these bytes yet
+                end = fed
+            outgoing.append(_pack_data_header(_DATA, block & 0xFFFF) + buffer[start - base : end - base])
+            if block > highest:
                 if self._timed_block is None:
-                    self._timed_block, self._timed_at = self._next, now
-            else:
-                self.stats.retransmits += 1
-            self._next += 1
+                    self._timed_block, self._timed_at = block, now
+                highest = block
+                new_bytes += end - start
+            block += 1
             sent += 1
-        self.stats.datagrams_sent += sent
-        if sent or (self._deadline is None and self._highest_sent > self._acked):
+            start += blksize
+        if sent:
+            stats = self.stats
+            stats.retransmits += sent - (highest - self._highest_sent)
+            stats.bytes_sent += new_bytes
+            stats.datagrams_sent += sent
+            self._next, self._highest_sent = block, highest
             self._deadline = now + self._rto
-
-    def _payload(self, block: int) -> memoryview | None:
-        start = (block - 1) * self._blksize
-        end = start + self._blksize
-        if end > self._fed:
-            if not self._eof:
-                return None
-            end = self._fed
-        offset = self._buffer_start
-        return self._buffer[start - offset : end - offset]
+        elif self._deadline is None and highest > acked:
+            self._deadline = now + self._rto
 
     def _append(self, chunk: bytes | memoryview) -> None:
         if not self._buffer:
