@@ -11,6 +11,8 @@ APT_PACKAGES=(
   qemu-system-x86 ipxe-qemu     # iPXE in QEMU, a real PXE client
   ipxe                          # iPXE binaries for the image's content
   docker.io debootstrap         # image tests against a local engine with stand-in base images
+  shellcheck                    # the deployment scripts
+  ovmf                          # UEFI firmware: EDK II's own PXE client in QEMU
 )
 
 missing=()
@@ -31,6 +33,22 @@ if ((${#missing[@]})); then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# checkov pins its own dependencies: keep it in a venv of its own (skipped with a reason if absent).
+if [ ! -x /opt/checkov-venv/bin/checkov ]; then
+  { python3 -m venv /opt/checkov-venv && /opt/checkov-venv/bin/pip install -q --disable-pip-version-check checkov; } \
+    || echo "note: checkov could not be installed; its test will be skipped" >&2
+fi
+export CHECKOV=/opt/checkov-venv/bin/checkov
+
+# A local Docker engine for the image tests, started here and stopped by its PID on exit.
+if [ "$(id -u)" = 0 ] && [ -z "${EDGETFTP_NO_DOCKER:-}" ]; then
+  if bash docker/start-engine.sh; then
+    trap 'bash docker/stop-engine.sh' EXIT
+  else
+    echo "note: no Docker engine could start; the image tests will be skipped" >&2
+  fi
+fi
 
 ruff check .
 ruff format --check .
