@@ -114,7 +114,10 @@ class Settings(BaseSettings):
     # --- limits and policy ---
     max_sessions: int = Field(2000, ge=1, le=1_000_000, description="concurrent transfers in total")
     max_sessions_per_client: int = Field(
-        128, ge=1, le=1_000_000, description="concurrent transfers per client IP address (a lab behind one NAT shares it)"
+        128,
+        ge=1,
+        le=1_000_000,
+        description="concurrent transfers per client IP address (a lab behind one NAT shares it)",
     )
     allow_extensions: str = Field(
         "", description="comma-separated file extensions allowed (.ipxe,.efi,.kpxe); empty allows all"
