@@ -405,3 +405,15 @@ def test_extension_allow_list_over_the_wire(
         assert client.fetch("s513.bin").error is None
         result = client.fetch("pxelinux.cfg/01-aa-bb-cc-dd-ee-ff")
     assert result.error == Error(ErrorCode.ACCESS_VIOLATION, "Access violation")
+
+
+def test_per_transfer_mode_does_not_start_a_second_transfer_for_a_resent_request(
+    start_server: StartServer, content: ContentTree
+) -> None:
+    server = start_server("--port-mode", "per-transfer", "--timeout", "2", str(content.root))
+    with RawClient(server.address) as client:
+        client.rrq("big.bin", blksize=1428)
+        client.rrq("big.bin", blksize=1428)
+        packet, first_port = client.receive()
+        assert isinstance(packet, OptionAck)
+        assert client.receive_or_none(0.5) is None  # no second OACK from a second port

@@ -117,6 +117,10 @@ class LogAndMetrics:
     def sessions_changed(self, active: int) -> None:
         ACTIVE.set(active)
 
+    def internal_error(self, where: str, exc: Exception) -> None:
+        DROPPED.labels("internal-error").inc()
+        logger.opt(exception=exc).error("internal error while handling a {} (server continues)", where)
+
 
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:

@@ -54,6 +54,7 @@ class Observer(Protocol):
     def request_refused(self, peer: Peer, reason: str) -> None: ...
     def datagram_dropped(self, reason: str) -> None: ...
     def sessions_changed(self, active: int) -> None: ...
+    def internal_error(self, where: str, exc: Exception) -> None: ...
 
 
 class NullObserver:
@@ -67,6 +68,9 @@ class NullObserver:
         pass
 
     def sessions_changed(self, active: int) -> None:
+        pass
+
+    def internal_error(self, where: str, exc: Exception) -> None:
         pass
 
 
@@ -235,21 +239,26 @@ class TftpServer:
                 self.observer.datagram_dropped("receive-error")  # e.g. ICMP errors surfacing
                 continue
             peer = address if len(address) == 2 else (address[0], address[1])
-            self._on_listener_datagram(view[:size], peer, arrival)
+            try:
+                self._on_listener_datagram(view[:size], peer, arrival)
+            except Exception as exc:  # a bug must cost one datagram, never the server
+                self.observer.internal_error("datagram", exc)
         self._batch = min(batch * 2, DATAGRAMS_PER_WAKEUP)
 
     def _on_listener_datagram(self, data: memoryview, peer: Peer, arrival: Arrival) -> None:
         session = self._sessions.get(peer)
         opcode = (data[0] << 8 | data[1]) if len(data) >= 2 else -1
-        if session is not None and self._single_port:
+        if session is not None:
             if opcode != _RRQ:
-                session.transfer.receive_datagram(data, self._loop.time())
-                self._flush(session)
-                return
-            if bytes(data) == session.request_bytes and self._is_young(session):
+                if self._single_port:
+                    session.transfer.receive_datagram(data, self._loop.time())
+                    self._flush(session)
+                    return
+            elif bytes(data) == session.request_bytes and self._is_young(session):
                 self.observer.datagram_dropped("retransmitted-request")
                 return  # the client resent its RRQ (or the network reordered it); our timer resends
-            self._replace(session)
+            else:
+                self._replace(session)
         if opcode == _RRQ:
             self._on_request(bytes(data), peer, arrival)
         elif opcode == _WRQ:
@@ -276,8 +285,11 @@ class TftpServer:
                 )
                 self.observer.datagram_dropped("unknown-tid")
                 continue
-            session.transfer.receive_datagram(self._view[:size], self._loop.time())
-            self._flush(session)
+            try:
+                session.transfer.receive_datagram(self._view[:size], self._loop.time())
+                self._flush(session)
+            except Exception as exc:  # a bug must cost one datagram, never the server
+                self.observer.internal_error("datagram", exc)
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -431,8 +443,11 @@ class TftpServer:
             if deadline > now:
                 self._push_timer(session, deadline)  # the deadline moved later since it was queued
                 continue
-            session.transfer.handle_timer(now)
-            self._flush(session)
+            try:
+                session.transfer.handle_timer(now)
+                self._flush(session)
+            except Exception as exc:  # one broken session must not stop the timers
+                self.observer.internal_error("timer", exc)
         if heap and heap[0][0] < self._wake_at:
             self._arm_wake(heap[0][0])
 
