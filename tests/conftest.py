@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+# Servers started by the tests run this checkout's code, whatever edgetftp is installed.
+_SERVER_DIR = str(Path(__file__).resolve().parent.parent / "server")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SERVER_DIR, os.environ.get("PYTHONPATH")]))
+
 # Sizes around the block boundaries of the blksizes the client tests use.
 SIZES = {
     "empty.bin": 0,
