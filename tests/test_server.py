@@ -414,6 +414,6 @@ def test_per_transfer_mode_does_not_start_a_second_transfer_for_a_resent_request
     with RawClient(server.address) as client:
         client.rrq("big.bin", blksize=1428)
         client.rrq("big.bin", blksize=1428)
-        packet, first_port = client.receive()
+        packet, _ = client.receive()
         assert isinstance(packet, OptionAck)
         assert client.receive_or_none(0.5) is None  # no second OACK from a second port
