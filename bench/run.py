@@ -110,6 +110,7 @@ def metrics_for(sizes: Sizes) -> list[Metric]:
             "lower",
             f"≤ 0.8{TIMES}",
         ),
+        Metric("s1_per_s", "S1: transfers per second", "higher"),
         Metric("s1_p99_s", "S1: p99 latency, s", "info"),
         Metric("s1_completed", "S1: transfers completed", "info", "all"),
         Metric("s2_lock_mb_s", f"S2: {s2}, lock-step — MB/s", "higher", f"≥ 0.95{TIMES}"),
@@ -235,6 +236,7 @@ def scenario_s1(server: ServerProcess, ctx: Context) -> dict[str, Value]:
     measured = ctx.load(server, "S1", spec, concurrency=sizes.s1_concurrency, count=sizes.s1_count)
     return {
         "s1_cpu_ms": _per_transfer_ms(measured),
+        "s1_per_s": measured.summary.ok / measured.summary.wall_seconds,
         "s1_p99_s": measured.summary.latency_seconds["p99"],
         "s1_completed": _completed(measured.summary),
     }
