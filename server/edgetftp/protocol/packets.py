@@ -39,17 +39,20 @@ _OPCODE_BLOCK = struct.Struct("!HH")
 
 
 @dataclass(frozen=True, slots=True)
-class ReadRequest:
+class _Request:
     filename: str  # UTF-8 with surrogate escapes for bytes that are not (the policy rejects those)
     mode: str  # lower case
     options: Mapping[str, str] = field(default_factory=dict)  # names lower case, first occurrence wins
 
 
 @dataclass(frozen=True, slots=True)
-class WriteRequest:
-    filename: str
-    mode: str
-    options: Mapping[str, str] = field(default_factory=dict)
+class ReadRequest(_Request):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest(_Request):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
