@@ -255,8 +255,10 @@ class TftpServer:
                     self._flush(session)
                     return
             elif bytes(data) == session.request_bytes and self._is_young(session):
-                self.observer.datagram_dropped("retransmitted-request")
-                return  # the client resent its RRQ (or the network reordered it); our timer resends
+                # The client resent its RRQ (our reply was lost, or the network reordered it).
+                session.transfer.request_repeated(self._loop.time())
+                self._flush(session)
+                return
             else:
                 self._replace(session)
         if opcode == _RRQ:

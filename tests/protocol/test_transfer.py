@@ -87,8 +87,9 @@ def test_duplicate_acks_never_send_twice() -> None:
 def test_timeout_retransmits_with_backoff_then_gives_up() -> None:
     transfer = make(b"d" * 2000)
     sent(transfer)
-    assert transfer.get_timer() == 1.0
-    transfer.handle_timer(0.5)  # early wake-up: nothing happens
+    assert ack(transfer, 1, 1.0) == [Data(2, b"d" * 512)]  # a 1 s round trip: the timeout stays 1 s
+    assert transfer.get_timer() == 2.0
+    transfer.handle_timer(1.5)  # early wake-up: nothing happens
     assert sent(transfer) == []
     deadlines = []
     for _ in range(5):
@@ -96,14 +97,34 @@ def test_timeout_retransmits_with_backoff_then_gives_up() -> None:
         assert now is not None
         deadlines.append(now)
         transfer.handle_timer(now)
-        assert sent(transfer) == [Data(1, b"d" * 512)]
-    assert deadlines == [1.0, 3.0, 7.0, 11.0, 15.0]  # 1, then doubling, capped at 4 s
+        assert sent(transfer) == [Data(2, b"d" * 512)]
+    assert deadlines == [2.0, 4.0, 8.0, 12.0, 16.0]  # 1 s, then doubling, capped at 4 s
     now = transfer.get_timer()
     assert now is not None
     transfer.handle_timer(now)
     event = transfer.next_event()
     assert event is not None and event.outcome is Outcome.TIMED_OUT
     assert transfer.get_timer() is None
+
+
+def test_first_reply_is_resent_only_for_a_repeated_request() -> None:
+    """No reflection: before the client's first ACK the timer never resends; a repeated RRQ does, once."""
+    transfer = make(b"o" * 2000, {"tsize": "0"})
+    assert sent(transfer) == [OptionAck({"tsize": "2000"})]
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        assert sent(transfer) == []  # a spoofed request gets exactly one reply
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.TIMED_OUT
+
+    transfer = make(b"o" * 2000)
+    assert len(sent(transfer)) == 1
+    transfer.request_repeated(0.01)  # a network duplicate, milliseconds later: nothing
+    assert sent(transfer) == []
+    transfer.request_repeated(1.0)  # the client's retransmission: the first reply again
+    assert sent(transfer) == [Data(1, b"o" * 512)]
+    resent = sum(len(sent(transfer)) for t in range(2, 20) if transfer.request_repeated(float(t)) is None)
+    assert resent == CONFIG.retries - 1  # bounded, however often the request comes
 
 
 def test_missing_final_ack_is_not_a_failure() -> None:
@@ -179,14 +200,12 @@ def test_windowsize_sends_a_window_and_goes_back_on_a_gap() -> None:
 
 
 def test_anticipation_sends_ahead_only_after_the_client_answered() -> None:
-    """No amplification: a spoofed RRQ gets one DATA (and its retransmissions), never a burst."""
+    """No amplification: a spoofed RRQ gets one DATA, never a burst."""
     transfer = make(b"i" * 512 * 20, config=TransferConfig(anticipate=8))
     assert [p.block for p in sent(transfer)] == [1]  # type: ignore[attr-defined]
-    total = 1
     while (deadline := transfer.get_timer()) is not None:
         transfer.handle_timer(deadline)
-        total += len(sent(transfer))
-    assert total == 1 + CONFIG.retries
+        assert sent(transfer) == []
     transfer = make(b"i" * 512 * 20, config=TransferConfig(anticipate=8))
     sent(transfer)
     assert [p.block for p in ack(transfer, 1)] == list(range(2, 10))  # type: ignore[attr-defined]
@@ -239,12 +258,14 @@ def simulate(transfer: ReadTransfer, rng: random.Random, loss: float, duplicate:
     expected, since_ack, last_acked = 1, 0, 0
     to_server: deque[bytes] = deque()
     client_deadline = 3.0
+    acked_oack = False
     for _ in range(200_000):
         for datagram in transfer.datagrams_to_send():
             copies = 0 if rng.random() < loss else (2 if rng.random() < duplicate else 1)
             for _ in range(copies):
                 packet = decode(datagram)
                 if isinstance(packet, OptionAck):
+                    acked_oack = True
                     to_server.append(encode_ack(0))
                 elif isinstance(packet, Data):
                     client_deadline = now + 3.0
@@ -271,7 +292,10 @@ def simulate(transfer: ReadTransfer, rng: random.Random, loss: float, duplicate:
         else:
             now = client_deadline
             client_deadline = now + 3.0
-            to_server.append(encode_ack(last_acked) if last_acked or expected > 1 else encode_ack(0))
+            if expected > 1 or acked_oack:
+                to_server.append(encode_ack(last_acked))
+            elif rng.random() >= loss:
+                transfer.request_repeated(now)  # nothing arrived yet: the client resends its RRQ
     return b"".join(received[i] for i in sorted(received))
 
 

@@ -19,7 +19,8 @@ Sending: at most ``window`` blocks beyond the last acknowledged one.  ``window``
 windowsize when the client negotiated one, else the anticipation setting (blocks sent ahead for
 lock-step clients), else 1.  Duplicate ACKs never send anything (Sorcerer's Apprentice): only a
 timeout resends, from the first unacknowledged block.  Until the client's first ACK proves its
-address is real, only the first reply (and its retransmissions) is sent: no amplification.
+address is real, only the first reply is sent, and it is resent only when the client repeats its
+RRQ (``request_repeated``): a spoofed request draws one reply per datagram, never a stream.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class ReadTransfer:
         self._highest_sent = 0
         self._last_block: int | None = None  # known once the end of the file has been fed
         self._peer_confirmed = False  # the client has ACKed: its address is not spoofed
+        self._resent_first = 0  # first replies resent for repeated requests
+        self._first_sent_at = now
         self._retries = 0
         # the stream, as encoded for the wire (netascii expands it)
         self._buffer = memoryview(b"")
@@ -142,10 +145,12 @@ class ReadTransfer:
             self._oack = encode_oack(granted.oack)
             self.state = State.OACK_SENT
             self._send(self._oack)
+            self._first_sent_at = now
             self._timed_block, self._timed_at = 0, now
             self._deadline = now + self._rto
         else:
             self.state = State.SENDING
+            self._first_sent_at = now
             self._fill(now)
 
     def reject(self, code: int, message: str, now: float, detail: str = "") -> None:
@@ -230,9 +235,8 @@ class ReadTransfer:
             return
         self._rto = min(self._rto * 2, self._max_rto)
         self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
-        if self.state is State.OACK_SENT:
-            self.stats.retransmits += 1
-            self._send(self._oack)
+        if not self._peer_confirmed:
+            pass  # no reflection: the first reply is resent only for the client's own repeated RRQ
         else:
             self._next = self._acked + 1  # go back to the first unacknowledged block
             if not self._go_back_on_ack:
@@ -241,6 +245,27 @@ class ReadTransfer:
                 self._cwnd, self._clean_acks = max(1, self._cwnd // 2), 0
             self._fill(now)
         self._deadline = now + self._rto
+
+    def request_repeated(self, now: float) -> None:
+        """The client sent its RRQ again: our first reply was lost (or is late).
+
+        Until the client has ACKed, this is the only way the first reply (OACK or DATA 1) is sent
+        again, once per repeated request and at most ``retries`` times: a spoofed RRQ then draws one
+        reply per datagram the spoofer sends, never a stream of retransmissions.
+        """
+        if self._peer_confirmed or self._resent_first >= self._config.retries:
+            return
+        if now - self._first_sent_at < self._config.min_timeout:
+            return  # a duplicate from the network, not the client's retransmission
+        self._first_sent_at = now
+        if self.state is _OACK_SENT:
+            self._resent_first += 1
+            self.stats.retransmits += 1
+            self._send(self._oack)
+        elif self.state is _SENDING and self._highest_sent == 1:
+            self._resent_first += 1
+            self._next = 1
+            self._fill(now)
 
     def get_timer(self) -> float | None:
         return self._deadline
