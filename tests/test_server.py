@@ -206,6 +206,17 @@ def test_wildcard_listener_answers_from_the_address_it_was_asked_on(
     assert result.data == (content.root / "s513.bin").read_bytes()
 
 
+def test_windows_from_a_wildcard_listener_keep_the_source_address(
+    start_server: StartServer, content: ContentTree
+) -> None:
+    """A window leaves in one segmented (GSO) send, with the source-address control message."""
+    server = start_server(str(content.root), host="0.0.0.0")
+    with RawClient(("127.0.0.7", server.port)) as client:
+        result = client.fetch("big.bin", blksize=1428, windowsize=16)
+    assert result.reply_addresses == {("127.0.0.7", server.port)}
+    assert result.data == (content.root / "big.bin").read_bytes()
+
+
 def test_per_client_and_total_limits(start_server: StartServer, content: ContentTree) -> None:
     server = start_server("--max-sessions-per-client", "2", "--max-sessions", "3", str(content.root))
     clients = [RawClient(server.address) for _ in range(3)]

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import heapq
 import itertools
 import math
 import socket
+import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +41,10 @@ from edgetftp.settings import PortMode
 from edgetftp.sources.base import Content, Source, SourceError
 
 RECEIVE_BUFFER = 65536
+UDP_SEGMENT = 103  # Linux UDP GSO (4.18+): one send, many datagrams of one size
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000  # a GSO send is one IP-sized super-packet
+_GSO_SIZE = struct.Struct("=H")
 DATAGRAMS_PER_WAKEUP = 64
 SOCKET_BUFFER_BYTES = 4 * 2**20
 TIMER_GRANULARITY = 0.01  # seconds: retransmission timers are coarse by nature; batch them
@@ -152,6 +159,7 @@ class TftpServer:
         self._bound_arrival = Arrival(None, None)  # what a socket bound to one address knows
         self._batch = 1  # datagrams to read on the next wake-up (see _on_listener_readable)
         self._single_port = config.port_mode is PortMode.SINGLE
+        self._gso = sys.platform == "linux"  # turned off at the first refusal
         self._heap: list[tuple[float, int, Session]] = []
         self._tokens = itertools.count(1)
         self._wake: asyncio.TimerHandle | None = None
@@ -382,18 +390,14 @@ class TftpServer:
         """Send what the transfer queued, re-arm its timer, handle its end, keep it fed."""
         transfer = session.transfer
         outgoing = transfer.datagrams_to_send()
-        if outgoing:
-            if session.ancillary:
-                for datagram in outgoing:
-                    self._send_raw(session.endpoint, datagram, session.peer, session.ancillary)
-            else:
-                sendto, peer = session.endpoint.sock.sendto, session.peer
-                try:
-                    for datagram in outgoing:
-                        sendto(datagram, peer)
-                except OSError:
-                    # A full buffer or an unreachable peer: the retransmission timer covers the loss.
-                    self.observer.datagram_dropped("send-error")
+        if len(outgoing) == 1 and not session.ancillary:  # the lock-step hot path
+            try:
+                session.endpoint.sock.sendto(outgoing[0], session.peer)
+            except OSError:
+                # A full buffer or an unreachable peer: the retransmission timer covers the loss.
+                self.observer.datagram_dropped("send-error")
+        elif outgoing:
+            self._send_window(session.endpoint, outgoing, session.peer, session.ancillary)
         event = transfer.next_event()
         if event is not None:
             self._finish(session, event)
@@ -404,6 +408,42 @@ class TftpServer:
         if session.streaming and not session.reading and transfer.bytes_wanted() > 0:
             session.reading = True
             self._spawn(session, self._read_more(session))
+
+    def _send_window(
+        self, endpoint: Endpoint, outgoing: list[bytes], peer: Peer, ancillary: list[tuple[int, int, bytes]]
+    ) -> None:
+        """Send several datagrams to one peer: runs of equal size go out as one UDP GSO send."""
+        index, count = 0, len(outgoing)
+        while index < count:
+            end = index + 1
+            if self._gso:
+                size = len(outgoing[index])
+                limit = index + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+                while end < count and end < limit and len(outgoing[end]) == size:
+                    end += 1
+                if end < count and end < limit and len(outgoing[end]) < size:
+                    end += 1  # the window's short last block rides along as the tail segment
+            if end - index > 1 and self._send_segmented(endpoint, outgoing[index:end], peer, ancillary):
+                index = end
+                continue
+            for datagram in outgoing[index:end]:
+                self._send_raw(endpoint, datagram, peer, ancillary)
+            index = end
+
+    def _send_segmented(
+        self, endpoint: Endpoint, run: list[bytes], peer: Peer, ancillary: list[tuple[int, int, bytes]]
+    ) -> bool:
+        """One sendmsg for the whole run (UDP_SEGMENT); False when the kernel cannot, so the caller
+        sends them one by one (and GSO stays off from then on)."""
+        segment = (socket.SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(len(run[0])))
+        try:
+            endpoint.sock.sendmsg((b"".join(run),), [*ancillary, segment], 0, peer)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                self._gso = False
+                return False
+            self.observer.datagram_dropped("send-error")
+        return True
 
     def _send_raw(
         self, endpoint: Endpoint, datagram: bytes, peer: Peer, ancillary: list[tuple[int, int, bytes]]
