@@ -376,3 +376,15 @@ def test_negotiated_windows_are_always_sent_whole() -> None:
     assert deadline is not None
     transfer.handle_timer(deadline)
     assert [p.block for p in sent(transfer)] == list(range(1, 9))  # type: ignore[attr-defined]
+
+
+def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
+    transfer = make(b"p" * 512 * 20, config=TransferConfig(anticipate=4))
+    sent(transfer)
+    assert [p.block for p in ack(transfer, 1, 0.0)] == [2, 3, 4, 5]  # type: ignore[attr-defined]
+    deadline = transfer.get_timer()
+    assert deadline is not None
+    transfer.handle_timer(deadline)  # spurious: the ACKs were only late
+    assert [p.block for p in sent(transfer)] == [2, 3]  # type: ignore[attr-defined]
+    blocks = [p.block for p in ack(transfer, 5, deadline + 0.01)]  # type: ignore[attr-defined]
+    assert blocks and min(blocks) == 6

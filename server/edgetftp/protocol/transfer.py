@@ -317,8 +317,10 @@ class ReadTransfer:
         if last is not None and block >= last:
             self._end(Outcome.COMPLETED, now)
             return
-        if self._go_back_on_ack and block < self._next - 1:
-            self._next = block + 1  # the client reported a gap inside the window: resend from it
+        if self._go_back_on_ack or self._next <= block:
+            # RFC 7440: an ACK inside the window reports a gap, so resend from it.  Either way never
+            # resend what is acknowledged (a late ACK can overtake a timeout's rewind).
+            self._next = block + 1
         self._deadline = None
         self._fill(now)
 
