@@ -1,0 +1,494 @@
+"""A public UDP service under hostile and broken traffic: floods, reflection, abandoned sessions, bad links.
+
+Every test runs the real server process on loopback.  Figures (rates, factors, memory) are printed
+(``pytest -s``); assertions are bounds derived from the settings, never speed targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bench.impairment import ImpairmentProxy
+from bench.loadgen import ClientTiming, LoadConfig, TransferSpec, run_load
+from edgetftp.protocol import Data, Error, ErrorCode, OptionAck, decode
+from edgetftp.protocol.codes import Opcode
+from edgetftp.protocol.packets import encode_ack, encode_error, encode_request
+from tests.conftest import ContentTree, ServerProcess, free_tcp_port
+from tests.rawclient import RawClient
+from tests.s3support import S3Endpoint, s3_endpoint
+from tests.test_clients import fetch_with
+
+StartServer = Callable[..., ServerProcess]
+MiB = 1 << 20
+UDP_IP_HEADERS = 28  # IPv4 + UDP: what each datagram costs on the wire beyond its payload
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def metric(http_port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def udp_socket(bind: str = "127.0.0.1", timeout: float | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MiB)
+    sock.bind((bind, 0))
+    sock.settimeout(timeout)
+    return sock
+
+
+def drain(sock: socket.socket, quiet: float) -> list[bytes]:
+    """Everything that arrives until ``quiet`` seconds pass without a datagram."""
+    sock.settimeout(quiet)
+    received = []
+    while True:
+        try:
+            received.append(sock.recv(70000))
+        except TimeoutError:
+            return received
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def junk_datagrams(count: int, seed: int) -> Iterator[bytes]:
+    """Random bytes, malformed requests, write requests, and stray ACK/DATA/ERROR/OACK packets."""
+    rng = random.Random(seed)
+    makers: list[Callable[[], bytes]] = [
+        lambda: rng.randbytes(rng.randrange(0, 700)),
+        lambda: b"\x00\x01" + rng.randbytes(rng.randrange(0, 80)),  # RRQ-ish, mostly malformed
+        lambda: encode_request(Opcode.WRQ, "upload.bin"),
+        lambda: encode_ack(rng.randrange(65536)),
+        lambda: b"\x00\x03" + rng.randbytes(rng.randrange(2, 600)),
+        lambda: encode_error(rng.randrange(9), "go away"),
+        lambda: b"\x00\x06blksize\x0065464\x00",
+    ]
+    for _ in range(count):
+        yield rng.choice(makers)()
+
+
+# --- floods ---------------------------------------------------------------------------------------
+
+
+def test_junk_flood_leaves_memory_and_service_intact(start_server: StartServer, content: ContentTree) -> None:
+    server = start_server(str(content.root))
+    with RawClient(server.address) as client:
+        assert client.fetch("big.bin", blksize=1428).data == (content.root / "big.bin").read_bytes()
+    before = rss_bytes(server.proc.pid)
+    senders = [udp_socket() for _ in range(8)]
+    started = time.perf_counter()
+    for index, datagram in enumerate(junk_datagrams(10_000, seed=6)):
+        senders[index % len(senders)].sendto(datagram, server.address)
+        if index % 500 == 499:
+            time.sleep(0.005)  # bursts the size of a socket buffer, so the kernel does not drop them
+    elapsed = time.perf_counter() - started
+    replies = sum(len(drain(sock, 0.3)) for sock in senders)
+    for sock in senders:
+        sock.close()
+    with RawClient(server.address) as client:
+        result = client.fetch("big.bin", blksize=1428)
+    assert result.data == (content.root / "big.bin").read_bytes()
+    growth = rss_bytes(server.proc.pid) - before
+    print(
+        f"junk flood: 10000 datagrams at {10_000 / elapsed:.0f}/s, {replies} replies, RSS +{growth >> 10} KiB"
+    )
+    assert server.proc.poll() is None
+    assert growth < 16 * MiB  # nothing is kept per junk datagram
+    assert replies <= 10_000  # never more than one reply (an ERROR) per datagram
+
+
+def test_rrq_flood_from_one_address_cannot_starve_another(
+    start_server: StartServer, content: ContentTree
+) -> None:
+    cap = 32
+    server = start_server("--max-sessions-per-client", str(cap), str(content.root))
+    flooders = [udp_socket("127.0.0.2") for _ in range(200)]
+    try:
+        for sock in flooders:
+            sock.sendto(encode_request(Opcode.RRQ, "big.bin"), server.address)
+        time.sleep(0.5)  # every request answered by now; then read what each port got
+        first_round = [drain(sock, 0.001) for sock in flooders]
+        served = sum(any(isinstance(decode(d), Data) for d in replies) for replies in first_round)
+        refused = [decode(d) for replies in first_round for d in replies if isinstance(decode(d), Error)]
+        assert served == cap  # the per-client cap, exactly
+        assert refused and set(refused) == {Error(ErrorCode.NOT_DEFINED, "Too many transfers from you")}
+
+        stop = threading.Event()
+        sent = [0]
+
+        def flood() -> None:
+            round_number = 0
+            while not stop.is_set():
+                round_number += 1
+                request = encode_request(Opcode.RRQ, "big.bin", "octet", {"blksize": str(512 + round_number)})
+                for sock in flooders:
+                    sock.sendto(request, server.address)  # new requests: they replace or are refused
+                sent[0] += len(flooders)
+                time.sleep(0.02)
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        started = time.perf_counter()
+        try:
+            time.sleep(1.0)  # the flood is on before the other client comes
+            with RawClient(server.address, bind="127.0.0.3", timeout=2.0) as victim:
+                results = [victim.fetch("big.bin", blksize=1428) for _ in range(3)]
+        finally:
+            stop.set()
+            flooder.join(5)
+        elapsed = time.perf_counter() - started
+    finally:
+        for sock in flooders:
+            sock.close()
+    assert all(result.data == (content.root / "big.bin").read_bytes() for result in results)
+    print(f"RRQ flood: {sent[0] / elapsed:.0f} RRQ/s from 127.0.0.2 for {elapsed:.1f} s; 127.0.0.3 got 3 MiB")
+    assert server.proc.poll() is None
+
+
+def test_abandoned_sessions_expire_and_memory_returns(
+    start_server: StartServer, content: ContentTree
+) -> None:
+    http_port = free_tcp_port()
+    timeout, max_timeout, retries = 0.2, 0.4, 2
+    lifetime = timeout + max_timeout * retries  # 0.2 + 0.4 + 0.4: backoff doubles, capped
+    server = start_server(
+        *("--timeout", str(timeout), "--max-timeout", str(max_timeout), "--retries", str(retries)),
+        *("--max-sessions-per-client", "2000", "--http-listen", f"127.0.0.1:{http_port}"),
+        str(content.root),
+    )
+    with RawClient(server.address) as client:
+        client.fetch("big.bin")
+    baseline = rss_bytes(server.proc.pid)
+    after_rounds = []
+    for round_number in range(2):
+        sockets = [udp_socket() for _ in range(1000)]
+        try:
+            for index, sock in enumerate(sockets):
+                name = "big.bin" if index % 2 else "x1432.bin"
+                options = {"blksize": "1432", "tsize": "0"} if index % 3 == 0 else {}
+                sock.sendto(encode_request(Opcode.RRQ, name, "octet", options), server.address)
+            assert wait_for(lambda: metric(http_port, "edgetftp_active_sessions") >= 900, 5)
+            peak = rss_bytes(server.proc.pid)
+            expired = wait_for(lambda: metric(http_port, "edgetftp_active_sessions") == 0, lifetime + 5)
+            assert expired, metric(http_port, "edgetftp_active_sessions")
+        finally:
+            for sock in sockets:
+                sock.close()
+        after_rounds.append(rss_bytes(server.proc.pid))
+        print(
+            f"abandoned round {round_number + 1}: 1000 sessions, RSS baseline {baseline >> 20} MiB, "
+            f"peak {peak >> 20} MiB, after expiry {after_rounds[-1] >> 20} MiB"
+        )
+    assert metric(http_port, 'edgetftp_transfers_total{outcome="timeout"}') >= 2000
+    assert after_rounds[1] - after_rounds[0] < 4 * MiB  # a second round leaks nothing
+    assert after_rounds[1] - baseline < 24 * MiB
+
+
+# --- reflection -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Reflection:
+    label: str
+    request: bytes
+    request_bytes: int = 0  # all the requests sent
+    replies: list[bytes] = field(default_factory=list)
+
+    @property
+    def factor(self) -> float:
+        return sum(map(len, self.replies)) / self.request_bytes
+
+    @property
+    def wire_factor(self) -> float:
+        out = sum(len(reply) + UDP_IP_HEADERS for reply in self.replies)
+        return out / (self.request_bytes + UDP_IP_HEADERS * self.request_bytes // len(self.request))
+
+
+REFLECTION_REQUESTS = {
+    "no options (DATA 1)": encode_request(Opcode.RRQ, "a", "octet"),
+    "blksize 65464 (OACK)": encode_request(Opcode.RRQ, "a", "octet", {"blksize": "65464"}),
+    "blksize+windowsize 64+tsize (OACK)": encode_request(
+        Opcode.RRQ, "a", "octet", {"blksize": "1468", "windowsize": "64", "tsize": "0"}
+    ),
+}
+
+
+def spoofed_requests(server: ServerProcess, quiet: float, repeats: int = 1) -> list[Reflection]:
+    """Each request from its own socket that never ACKs (what a spoofed victim would receive), sent
+    ``repeats`` times 0.3 s apart, as a spoofer imitating a client's RRQ retransmissions would."""
+    cases = [Reflection(label, request) for label, request in REFLECTION_REQUESTS.items()]
+    sockets = [udp_socket() for _ in cases]
+    for repeat in range(repeats):
+        if repeat:
+            time.sleep(0.3)
+        for sock, case in zip(sockets, cases, strict=True):
+            sock.sendto(case.request, server.address)
+    for case in cases:
+        case.request_bytes = len(case.request) * repeats
+    with ThreadPoolExecutor(len(sockets)) as pool:
+        for case, replies in zip(cases, pool.map(lambda s: drain(s, quiet), sockets), strict=True):
+            case.replies = replies
+    for sock in sockets:
+        sock.close()
+    return cases
+
+
+def check_reflection(case: Reflection, retries: int, label: str) -> None:
+    """Only the first reply, at most ``retries + 1`` times per request; and the factor that makes."""
+    assert case.replies, case
+    first = case.replies[0]
+    requests = case.request_bytes // len(case.request)
+    assert isinstance(decode(first), Data | OptionAck), case
+    assert case.replies == [first] * len(case.replies)  # the first reply again, never anything else
+    assert len(case.replies) <= (retries + 1) * requests
+    assert case.factor <= (retries + 1) * len(first) / len(case.request)
+    print(
+        f"{label} {case.label}: {case.request_bytes} B in -> {len(case.replies)} x {len(first)} B out: "
+        f"factor {case.factor:.1f} (payload), {case.wire_factor:.1f} (on the wire)"
+    )
+
+
+@pytest.mark.parametrize("anticipate", ["0", "8"])
+@pytest.mark.parametrize("repeats", [1, 8])
+def test_spoofed_rrq_gets_only_the_first_reply(
+    start_server: StartServer, tmp_path: Path, anticipate: str, repeats: int
+) -> None:
+    """Default retries (5) and limits; only the timeouts are shortened to keep the test short (they
+    set when replies may leave, not how many).  ``--anticipate 8`` must not change a thing."""
+    (tmp_path / "a").write_bytes(random.Random(1).randbytes(64 * 1024))
+    server = start_server(
+        "--anticipate", anticipate, "--timeout", "0.1", "--max-timeout", "0.2", "--mtu", "1500", str(tmp_path)
+    )
+    for case in spoofed_requests(server, quiet=1.0, repeats=repeats):
+        check_reflection(case, retries=5, label=f"anticipate={anticipate} RRQ x{repeats}")
+
+
+def test_spoofed_rrq_with_default_settings(start_server: StartServer, tmp_path: Path) -> None:
+    """Every setting at its default (1 s timeout, 4 s cap: a silent session lives ~19 s)."""
+    (tmp_path / "a").write_bytes(random.Random(2).randbytes(4096))
+    server = start_server(str(tmp_path))
+    cases = spoofed_requests(server, quiet=5.0)
+    for case in cases:
+        check_reflection(case, retries=5, label="defaults")
+    worst = max(cases, key=lambda case: case.factor)
+    assert worst.label.startswith("no options") and len(worst.replies[0]) == 516
+
+
+def test_blind_acks_drive_at_most_one_window_per_ack(start_server: StartServer, tmp_path: Path) -> None:
+    """TFTP has no secret: an attacker can also spoof the ACKs (block numbers are predictable).  What
+    one blind ACK can trigger is then bounded by the window: measured here, with an internet MTU."""
+    (tmp_path / "a").write_bytes(random.Random(3).randbytes(4 * MiB))
+    window, blksize = 64, 1468
+    server = start_server("--mtu", "1500", "--max-window", str(window), str(tmp_path))
+    with udp_socket() as attacker:
+        attacker.sendto(
+            encode_request(Opcode.RRQ, "a", "octet", {"blksize": "2000", "windowsize": "64"}), server.address
+        )
+        oack = decode(attacker.recv(70000))
+        assert oack == OptionAck({"blksize": str(blksize), "windowsize": str(window)})
+        acks = 10
+        for index in range(acks):
+            attacker.sendto(encode_ack(index * window), server.address)  # never reads what comes back
+            time.sleep(0.01)
+        received = drain(attacker, 0.5)
+    per_ack = sum(map(len, received)) / acks
+    retries = 5  # when the ACKs stop, the last window is also retransmitted on timeout
+    assert len(received) <= (acks + retries) * window
+    assert per_ack <= (acks + retries) / acks * window * (blksize + 4)
+    print(
+        f"blind ACKs: {per_ack / 4:.0f}x per 4-byte ACK (payload), "
+        f"{(per_ack + UDP_IP_HEADERS * len(received) / acks) / (4 + UDP_IP_HEADERS):.0f}x on the wire "
+        f"(window {window}, blksize {blksize})"
+    )
+
+
+# --- S3: a flood of misses -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[S3Endpoint]:
+    with s3_endpoint() as running:
+        yield running
+
+
+def test_missing_file_flood_costs_one_head_per_key_per_negative_ttl(endpoint: S3Endpoint) -> None:
+    bucket = f"miss-{uuid.uuid4().hex[:12]}"
+    endpoint.create_bucket(bucket)
+    negative_ttl, keys = 1.0, [f"missing-{i}.efi" for i in range(5)]
+    server = ServerProcess(
+        [
+            *("--endpoint-url", endpoint.url, "--force-path-style"),
+            *("--negative-cache-ttl", str(negative_ttl)),
+            f"s3://{bucket}/boot/",
+        ]
+    )
+    clients = [udp_socket(timeout=5.0) for _ in range(20)]
+    requests = errors = 0
+    try:
+        endpoint.proxy.reset_counts()
+        started = time.perf_counter()
+        while time.perf_counter() - started < 2.5:
+            for index, sock in enumerate(clients):
+                sock.sendto(encode_request(Opcode.RRQ, keys[(requests + index) % len(keys)]), server.address)
+            for sock in clients:
+                reply = decode(sock.recv(600))
+                errors += reply == Error(ErrorCode.FILE_NOT_FOUND, "File not found")
+            requests += len(clients)
+        elapsed = time.perf_counter() - started
+    finally:
+        for sock in clients:
+            sock.close()
+        server.stop()
+    heads = {key: endpoint.proxy.count("HEAD", f"/{bucket}/boot/{key}") for key in keys}
+    print(f"misses: {requests} RRQs at {requests / elapsed:.0f}/s for {len(keys)} keys -> HEADs {heads}")
+    assert errors == requests
+    periods = int(elapsed / negative_ttl) + 1
+    assert all(1 <= count <= periods + 1 for count in heads.values()), heads
+    assert endpoint.proxy.count("GET") == 0
+
+
+# --- impaired links --------------------------------------------------------------------------------
+
+IMPAIRMENT = {"loss": 0.10, "duplicate": 0.05, "reorder": 0.05, "delay_ms": 35.0, "jitter_ms": 15.0}
+FAST = ("--timeout", "0.3", "--retries", "10")
+
+
+@dataclass
+class Served:
+    address: tuple[str, int]
+    files: dict[str, bytes]
+
+
+def fetch_everything_through(proxy_address: tuple[str, int], served: Served, out_dir: Path) -> dict[str, str]:
+    """curl lock-step, atftp windowed and bench.loadgen sessions at once; returns what each got."""
+    lock_step, windowed = "small.bin", "large.bin"
+
+    def real_client(kind: str) -> tuple[str, str]:
+        out = out_dir / f"{kind}.out"
+        if kind == "curl":
+            fetch_with("curl", proxy_address, lock_step, out, blksize=1432)
+        else:
+            fetch_with("atftp", proxy_address, windowed, out, blksize=1432, windowsize=8)
+        return kind, sha256(out.read_bytes()) if out.exists() else "missing"
+
+    def loadgen(windowsize: int | None) -> tuple[str, str]:
+        name = windowed if windowsize else lock_step
+        spec = TransferSpec(
+            name, blksize=1432, windowsize=windowsize, expected_sha256=sha256(served.files[name])
+        )
+        timing = ClientTiming(ack_timeout=0.4, rrq_timeout=0.4, retries=25)
+        summary = asyncio.run(run_load(LoadConfig(proxy_address, spec, timing, concurrency=2, count=2)))
+        return f"loadgen-window-{windowsize}", "ok" if summary.ok == 2 else str(summary.failure_reasons)
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(real_client, "curl"), pool.submit(real_client, "atftp")]
+        futures += [pool.submit(loadgen, None), pool.submit(loadgen, 8)]
+        return dict(future.result(timeout=180) for future in futures)
+
+
+def check_impaired(served: Served, tmp_path: Path, seed: int) -> None:
+    with ImpairmentProxy.start_in_thread(served.address, seed=seed, **IMPAIRMENT) as proxy:  # type: ignore[arg-type]
+        started = time.perf_counter()
+        results = fetch_everything_through(proxy.address, served, tmp_path)
+        elapsed = time.perf_counter() - started
+        stats = proxy.stats()
+    expected = {
+        "curl": sha256(served.files["small.bin"]),
+        "atftp": sha256(served.files["large.bin"]),
+        "loadgen-window-None": "ok",
+        "loadgen-window-8": "ok",
+    }
+    dropped = stats.to_server.dropped + stats.to_client.dropped
+    print(
+        f"impaired: {elapsed:.1f} s, dropped {dropped}, duplicated "
+        f"{stats.to_server.duplicated + stats.to_client.duplicated}, reordered "
+        f"{stats.to_server.reordered + stats.to_client.reordered} of "
+        f"{stats.to_server.received + stats.to_client.received} datagrams"
+    )
+    assert results == expected
+    assert dropped > 0 and stats.to_client.duplicated > 0
+
+
+def impaired_files(seed: int) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {"small.bin": rng.randbytes(24 * 1024 + 7), "large.bin": rng.randbytes(160 * 1024 + 3)}
+
+
+@pytest.mark.parametrize("port_mode", ["single", "per-transfer"])
+def test_impaired_transfers_from_a_local_directory(
+    start_server: StartServer, tmp_path: Path, port_mode: str
+) -> None:
+    files = impaired_files(10)
+    root = tmp_path / "root"
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    server = start_server("--port-mode", port_mode, *FAST, str(root))
+    check_impaired(Served(server.address, files), tmp_path, seed=11)
+
+
+def test_impaired_transfers_with_default_settings(start_server: StartServer, tmp_path: Path) -> None:
+    files = impaired_files(12)
+    root = tmp_path / "root"
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    server = start_server(str(root))
+    check_impaired(Served(server.address, files), tmp_path, seed=13)
+
+
+@pytest.mark.parametrize("port_mode", ["single", "per-transfer"])
+def test_impaired_transfers_from_s3(endpoint: S3Endpoint, tmp_path: Path, port_mode: str) -> None:
+    """large.bin is above --cache-object-max, so it is streamed with ranged GETs while the link is bad."""
+    files = impaired_files(14)
+    bucket = f"impaired-{uuid.uuid4().hex[:12]}"
+    endpoint.create_bucket(bucket)
+    for name, data in files.items():
+        endpoint.put(bucket, f"boot/{name}", data)
+    server = ServerProcess(
+        [
+            *("--endpoint-url", endpoint.url, "--force-path-style", "--port-mode", port_mode, *FAST),
+            *("--cache-bytes", str(MiB), "--cache-object-max", str(64 * 1024)),
+            f"s3://{bucket}/boot/",
+        ]
+    )
+    try:
+        check_impaired(Served(server.address, files), tmp_path, seed=15)
+    finally:
+        server.stop()
+    assert endpoint.proxy.count("GET", f"/{bucket}/boot/large.bin") >= 1
