@@ -428,3 +428,27 @@ def test_per_transfer_mode_does_not_start_a_second_transfer_for_a_resent_request
         packet, _ = client.receive()
         assert isinstance(packet, OptionAck)
         assert client.receive_or_none(0.5) is None  # no second OACK from a second port
+
+
+def test_client_rate_limit_slows_a_client_but_the_transfer_completes(
+    start_server: StartServer, content: ContentTree
+) -> None:
+    """--client-rate bounds what blind spoofed ACKs can reflect at one address (see README)."""
+    http_port = free_tcp_port()
+    server = start_server(
+        "--client-rate",
+        "300000",
+        "--timeout",
+        "0.3",
+        "--retries",
+        "20",
+        "--http-listen",
+        f"127.0.0.1:{http_port}",
+        str(content.root),
+    )
+    with RawClient(server.address, timeout=5) as client:
+        result = client.fetch("big.bin", blksize=1428, windowsize=16)
+    assert result.data == (content.root / "big.bin").read_bytes()
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'edgetftp_datagrams_dropped_total{reason="rate-limited"}' in metrics

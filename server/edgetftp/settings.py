@@ -119,6 +119,9 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="concurrent transfers per client IP address (a lab behind one NAT shares it)",
     )
+    client_rate: int = Field(
+        0, ge=0, description="bytes per second sent to one client address, at most (0 = no limit)"
+    )
     allow_extensions: str = Field(
         "", description="comma-separated file extensions allowed (.ipxe,.efi,.kpxe); empty allows all"
     )

@@ -31,7 +31,7 @@ from typing import Protocol
 
 from edgetftp import netutil
 from edgetftp.netutil import Arrival
-from edgetftp.policy import PathPolicy, PolicyError
+from edgetftp.policy import ClientRateLimit, PathPolicy, PolicyError
 from edgetftp.protocol.codes import ErrorCode, Opcode
 from edgetftp.protocol.errors import MalformedPacket
 from edgetftp.protocol.events import Outcome, TransferEnded
@@ -92,7 +92,8 @@ class ServerConfig:
     max_blksize: int = 65464
     transfer: TransferConfig = field(default_factory=TransferConfig)
     max_sessions: int = 2000
-    max_sessions_per_client: int = 32
+    max_sessions_per_client: int = 128
+    client_rate: int = 0  # bytes per second per client address; 0: no limit
     policy: PathPolicy = field(default_factory=PathPolicy)
     open_timeout: float = 10.0  # seconds a source may take to resolve a file or return a read
 
@@ -160,6 +161,7 @@ class TftpServer:
         self._batch = 1  # datagrams to read on the next wake-up (see _on_listener_readable)
         self._single_port = config.port_mode is PortMode.SINGLE
         self._gso = sys.platform == "linux"  # turned off at the first refusal
+        self._rate_limit = ClientRateLimit(config.client_rate) if config.client_rate else None
         self._heap: list[tuple[float, int, Session]] = []
         self._tokens = itertools.count(1)
         self._wake: asyncio.TimerHandle | None = None
@@ -390,6 +392,8 @@ class TftpServer:
         """Send what the transfer queued, re-arm its timer, handle its end, keep it fed."""
         transfer = session.transfer
         outgoing = transfer.datagrams_to_send()
+        if outgoing and self._rate_limit is not None:
+            outgoing = self._within_rate(session, outgoing)
         if len(outgoing) == 1 and not session.ancillary:  # the lock-step hot path
             try:
                 session.endpoint.sock.sendto(outgoing[0], session.peer)
@@ -408,6 +412,15 @@ class TftpServer:
         if session.streaming and not session.reading and transfer.bytes_wanted() > 0:
             session.reading = True
             self._spawn(session, self._read_more(session))
+
+    def _within_rate(self, session: Session, outgoing: list[bytes]) -> list[bytes]:
+        """The datagrams the client's byte budget allows; the rest count as lost (the transfer backs off)."""
+        assert self._rate_limit is not None
+        now = self._loop.time()
+        allowed = [d for d in outgoing if self._rate_limit.allow(session.client_ip, len(d), now)]
+        if len(allowed) < len(outgoing):
+            self.observer.datagram_dropped("rate-limited")
+        return allowed
 
     def _send_window(
         self, endpoint: Endpoint, outgoing: list[bytes], peer: Peer, ancillary: list[tuple[int, int, bytes]]
@@ -536,6 +549,8 @@ class TftpServer:
             self._per_client[session.client_ip] = remaining
         else:
             self._per_client.pop(session.client_ip, None)
+            if self._rate_limit is not None and len(self._rate_limit) > 2 * self.config.max_sessions:
+                self._rate_limit.prune(self._loop.time())  # bounded by recently active addresses
         for task in session.tasks:
             task.cancel()
         content = session.content
