@@ -365,7 +365,35 @@ def test_anticipation_halves_on_timeout_and_grows_back_on_clean_windows() -> Non
         now += 0.01
         ack(transfer, block, now)
         widths.append(transfer._cwnd)
-    assert widths[0] == 4 and widths[-1] == 8 and widths == sorted(widths)  # +1 per clean window
+    assert widths[0] == 4 and widths[-1] == 7 and widths == sorted(widths)  # +1 per clean window,
+    # up to one less than the size that lost
+
+
+def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
+    """A client that keeps only the next block (a tiny firmware ring) loses every block sent ahead."""
+    data = bytes(512 * 300)
+    transfer = make(data, config=TransferConfig(anticipate=16))
+    now, expected, timeouts = 0.0, 1, 0
+    packets = sent(transfer)
+    while not transfer.ended:
+        for packet in packets:
+            if isinstance(packet, Data) and packet.block == expected & 0xFFFF:
+                expected += 1  # the one block it has room for; the rest of the burst is dropped
+                now += 0.01
+                transfer.receive_datagram(encode_ack(packet.block), now)
+                break
+        packets = sent(transfer)
+        if not packets and not transfer.ended:
+            deadline = transfer.get_timer()
+            assert deadline is not None
+            now = deadline
+            transfer.handle_timer(now)
+            timeouts += 1
+            packets = sent(transfer)
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.COMPLETED
+    assert expected == 302  # 300 full blocks and the empty last one, all delivered in order
+    assert timeouts <= 8  # log2(16) halvings, then lock-step for good: not a timeout every few blocks
 
 
 def test_negotiated_windows_are_always_sent_whole() -> None:

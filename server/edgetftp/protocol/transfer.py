@@ -89,6 +89,7 @@ class ReadTransfer:
         self._blksize = 512
         self._window = 1
         self._cwnd = 1  # blocks allowed beyond the last ACK now (AIMD under anticipation)
+        self._cwnd_ceiling = 1  # the window never grows back to a size that lost
         self._clean_acks = 0  # blocks acknowledged since the window last grew or shrank
         self._go_back_on_ack = False  # RFC 7440: an ACK inside the window reports a gap
         self._base_rto = config.timeout
@@ -135,7 +136,7 @@ class ReadTransfer:
             self._window, self._go_back_on_ack = granted.windowsize, True
         elif self._config.anticipate > 0:
             self._window = self._config.anticipate
-        self._cwnd = self._window
+        self._cwnd = self._cwnd_ceiling = self._window
         if granted.timeout is not None:
             self._base_rto = float(granted.timeout)
             self._max_rto = max(self._max_rto, self._base_rto)
@@ -240,8 +241,11 @@ class ReadTransfer:
         else:
             self._next = self._acked + 1  # go back to the first unacknowledged block
             if not self._go_back_on_ack:
-                # Anticipation overran the path: halve the burst (an RFC 7440 receiver, by contrast,
-                # only ACKs a full window, so a negotiated window is always sent whole).
+                # Anticipation overran the path or the client's buffer: halve the burst, and never
+                # grow back to the size that lost, so a client that cannot take bursts settles at the
+                # largest one it can instead of losing again every few blocks.  (An RFC 7440 receiver
+                # only ACKs a full window, so a negotiated window is always sent whole.)
+                self._cwnd_ceiling = max(1, self._cwnd - 1)
                 self._cwnd, self._clean_acks = max(1, self._cwnd // 2), 0
             self._fill(now)
         self._deadline = now + self._rto
@@ -311,7 +315,7 @@ class ReadTransfer:
         self._peer_confirmed = True
         self._acked = block
         self._on_progress(block, now)
-        if self._clean_acks >= self._cwnd and self._cwnd < self._window:
+        if self._clean_acks >= self._cwnd and self._cwnd < self._cwnd_ceiling:
             self._cwnd, self._clean_acks = self._cwnd + 1, 0  # a clean window: grow back by one
         last = self._last_block
         if last is not None and block >= last:
