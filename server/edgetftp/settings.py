@@ -101,7 +101,10 @@ class Settings(BaseSettings):
     max_blksize: int = Field(65464, ge=512, le=65464, description="largest blksize ever granted")
     max_window: int = Field(64, ge=1, le=1024, description="largest RFC 7440 windowsize granted")
     anticipate: int = Field(
-        0, ge=0, le=64, description="blocks sent ahead of the last ACK for lock-step clients (0 = off)"
+        16,
+        ge=0,
+        le=64,
+        description="blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step)",
     )
 
     # --- retransmission ---

@@ -365,8 +365,7 @@ def test_anticipation_halves_on_timeout_and_grows_back_on_clean_windows() -> Non
         now += 0.01
         ack(transfer, block, now)
         widths.append(transfer._cwnd)
-    assert widths[0] == 4 and widths[-1] == 7 and widths == sorted(widths)  # +1 per clean window,
-    # up to one less than the size that lost
+    assert widths[0] == 4 and widths[-1] == 8 and widths == sorted(widths)  # +1 per clean window
 
 
 def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
@@ -393,7 +392,7 @@ def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
     event = transfer.next_event()
     assert event is not None and event.outcome is Outcome.COMPLETED
     assert expected == 302  # 300 full blocks and the empty last one, all delivered in order
-    assert timeouts <= 8  # log2(16) halvings, then lock-step for good: not a timeout every few blocks
+    assert timeouts <= 12  # halvings, then about one probe per 64 clean blocks (151 without a ceiling)
 
 
 def test_negotiated_windows_are_always_sent_whole() -> None:

@@ -46,6 +46,7 @@ from edgetftp.protocol.packets import (
 
 SUPPORTED_MODES = frozenset({"octet", "netascii"})
 TIMING_INTERVAL = 8  # blocks between two round-trip samples
+CEILING_RECOVERY = 4  # clean windows (of the full size) before a lowered window ceiling rises by one
 _pack_data_header = struct.Struct("!HH").pack
 _DATA, _ACK = int(Opcode.DATA), int(Opcode.ACK)
 
@@ -89,7 +90,9 @@ class ReadTransfer:
         self._blksize = 512
         self._window = 1
         self._cwnd = 1  # blocks allowed beyond the last ACK now (AIMD under anticipation)
-        self._cwnd_ceiling = 1  # the window never grows back to a size that lost
+        self._cwnd_ceiling = 1  # lowered when losses repeat at one size; recovers after clean runs
+        self._loss_cwnd = 0  # the window size at the last timeout
+        self._clean_since_loss = 0  # blocks acknowledged since the last timeout
         self._clean_acks = 0  # blocks acknowledged since the window last grew or shrank
         self._go_back_on_ack = False  # RFC 7440: an ACK inside the window reports a gap
         self._base_rto = config.timeout
@@ -135,7 +138,7 @@ class ReadTransfer:
         if "windowsize" in granted.oack:
             self._window, self._go_back_on_ack = granted.windowsize, True
         elif self._config.anticipate > 0:
-            self._window = self._config.anticipate
+            self._window = min(self._config.anticipate, self._config.max_window)
         self._cwnd = self._cwnd_ceiling = self._window
         if granted.timeout is not None:
             self._base_rto = float(granted.timeout)
@@ -241,12 +244,7 @@ class ReadTransfer:
         else:
             self._next = self._acked + 1  # go back to the first unacknowledged block
             if not self._go_back_on_ack:
-                # Anticipation overran the path or the client's buffer: halve the burst, and never
-                # grow back to the size that lost, so a client that cannot take bursts settles at the
-                # largest one it can instead of losing again every few blocks.  (An RFC 7440 receiver
-                # only ACKs a full window, so a negotiated window is always sent whole.)
-                self._cwnd_ceiling = max(1, self._cwnd - 1)
-                self._cwnd, self._clean_acks = max(1, self._cwnd // 2), 0
+                self._shrink_window()
             self._fill(now)
         self._deadline = now + self._rto
 
@@ -311,12 +309,11 @@ class ReadTransfer:
             if block == self._acked:
                 self.stats.duplicate_acks += 1  # never answered: that is the Sorcerer's Apprentice bug
             return  # else a stale (reordered) ACK
-        self._clean_acks += block - self._acked
+        if self._cwnd < self._window:
+            self._grow_window(block - self._acked)
         self._peer_confirmed = True
         self._acked = block
         self._on_progress(block, now)
-        if self._clean_acks >= self._cwnd and self._cwnd < self._cwnd_ceiling:
-            self._cwnd, self._clean_acks = self._cwnd + 1, 0  # a clean window: grow back by one
         last = self._last_block
         if last is not None and block >= last:
             self._end(Outcome.COMPLETED, now)
@@ -327,6 +324,28 @@ class ReadTransfer:
             self._next = block + 1
         self._deadline = None
         self._fill(now)
+
+    def _shrink_window(self) -> None:
+        """A timeout while anticipating: the burst overran the path or the client's buffer.
+
+        Halve it.  A loss at the same size as the last one means the client cannot take that burst
+        (a small firmware ring, not random loss): cap the window below it, so the transfer settles
+        instead of losing again every few blocks.  (An RFC 7440 receiver only ACKs a full window, so a
+        negotiated window is always sent whole and is not shrunk here.)
+        """
+        if self._cwnd == self._loss_cwnd:
+            self._cwnd_ceiling = max(1, self._cwnd - 1)
+        self._loss_cwnd = self._cwnd
+        self._cwnd, self._clean_acks, self._clean_since_loss = max(1, self._cwnd // 2), 0, 0
+
+    def _grow_window(self, acknowledged: int) -> None:
+        """+1 per clean window up to the ceiling; the ceiling itself recovers after a long clean run."""
+        self._clean_acks += acknowledged
+        self._clean_since_loss += acknowledged
+        if self._clean_acks >= self._cwnd and self._cwnd < self._cwnd_ceiling:
+            self._cwnd, self._clean_acks = self._cwnd + 1, 0
+        if self._clean_since_loss >= CEILING_RECOVERY * self._window and self._cwnd_ceiling < self._window:
+            self._cwnd_ceiling, self._clean_since_loss = self._cwnd_ceiling + 1, 0
 
     def _on_progress(self, block: int, now: float) -> None:
         """An ACK moved the transfer forward: reset the retries and the backoff."""
