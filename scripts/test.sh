@@ -12,7 +12,7 @@ APT_PACKAGES=(
   ipxe                          # iPXE binaries for the image's content
   docker.io debootstrap         # image tests against a local engine with stand-in base images
   shellcheck                    # the deployment scripts
-  ovmf                          # UEFI firmware: EDK II's own PXE client in QEMU
+  ovmf dnsmasq-base              # UEFI firmware (EDK II's own PXE client) in QEMU, DHCP for it
 )
 
 missing=()
