@@ -14,11 +14,12 @@ States: RESOLVING --accept--> OACK_SENT --ACK 0--> SENDING --last ACK--> ENDED
         any state --reject/abort/cancel/client ERROR/timeout/illegal packet--> ENDED
 
 Block numbers on the wire are 16 bits and roll over to 0; inside, blocks are counted with
-unbounded integers (``seq``) and mapped back with ``_unwrap``, so files of any size work.
-Sending: at most ``window`` blocks beyond the last acknowledged one.  ``window`` is the RFC 7440
-windowsize when the client negotiated one, else the anticipation setting (blocks sent ahead for
-lock-step clients), else 1.  Duplicate ACKs never send anything (Sorcerer's Apprentice): only a
-timeout resends, from the first unacknowledged block.  Until the client's first ACK proves its
+unbounded integers and an ACK's 16-bit number is mapped back below the highest block sent, so files
+of any size work.  Sending: at most ``window`` blocks beyond the last acknowledged one.  ``window``
+is the RFC 7440 windowsize when the client negotiated one (always sent whole), else the anticipation
+setting (blocks sent ahead for lock-step clients; halved on a timeout, grown back on clean windows),
+else 1.  Duplicate ACKs never send anything (Sorcerer's Apprentice): only a timeout, or an RFC 7440
+gap ACK, resends, from the first unacknowledged block.  Until the client's first ACK proves its
 address is real, only the first reply is sent, and it is resent only when the client repeats its
 RRQ (``request_repeated``): a spoofed request draws one reply per datagram, never a stream.
 """
