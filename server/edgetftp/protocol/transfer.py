@@ -240,9 +240,9 @@ class ReadTransfer:
             return
         self._rto = min(self._rto * 2, self._max_rto)
         self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
-        if not self._peer_confirmed:
-            pass  # no reflection: the first reply is resent only for the client's own repeated RRQ
-        else:
+        # Before the first ACK nothing is resent here (no reflection): only the client's own repeated
+        # RRQ brings the first reply again (request_repeated).
+        if self._peer_confirmed:
             self._next = self._acked + 1  # go back to the first unacknowledged block
             if not self._go_back_on_ack:
                 self._shrink_window()
