@@ -452,3 +452,10 @@ def test_client_rate_limit_slows_a_client_but_the_transfer_completes(
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
         metrics = response.read().decode()
     assert 'edgetftp_datagrams_dropped_total{reason="rate-limited"}' in metrics
+
+
+def test_option_values_with_unicode_digits_are_ignored(shared_server: ServerProcess) -> None:
+    with RawClient(shared_server.address) as client:
+        client.send(b"\x00\x01s513.bin\x00octet\x00blksize\x00\xb2\x00")  # "²" once decoded as latin-1
+        packet, _ = client.receive()
+    assert isinstance(packet, Data) and packet.block == 1  # the option is ignored, not fatal

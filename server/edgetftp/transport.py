@@ -334,7 +334,11 @@ class TftpServer:
         if endpoint is not self._listener:
             self._loop.add_reader(endpoint.sock.fileno(), self._on_session_readable, session)
         if not transfer.ended:
-            self._resolve(session, request)
+            try:
+                self._resolve(session, request)
+            except Exception as exc:  # a bug must end this session cleanly, never leave it dangling
+                transfer.abort(ErrorCode.NOT_DEFINED, "Internal error", now, Outcome.CANCELLED, repr(exc))
+                self.observer.internal_error("request", exc)
         self._flush(session)
 
     def _resolve(self, session: Session, request: ReadRequest) -> None:

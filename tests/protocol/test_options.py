@@ -65,3 +65,9 @@ def test_granted_values_are_always_valid(requested: dict[str, str]) -> None:
     assert 1 <= granted.windowsize <= 64
     if "timeout" in granted.oack:
         assert 1 <= int(granted.oack["timeout"]) <= 255
+
+
+@pytest.mark.parametrize("odd", ["\u00b2", "\u0661\u0662", "\uff11\uff12", "\u00bd"])
+def test_non_ascii_digits_are_ignored_not_fatal(odd: str) -> None:
+    """str.isdigit() says yes to these, int() does not: found by the property test above."""
+    assert negotiate({"blksize": odd, "windowsize": odd, "timeout": odd}, "octet", 1, LIMITS).oack == {}

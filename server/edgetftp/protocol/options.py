@@ -59,7 +59,8 @@ def _parse_int(value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 12:  # isdigit rejects signs; length bounds int() work
+    # ASCII digits only: str.isdigit() accepts "²", which int() refuses; length bounds int()'s work.
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         return None
     return int(text)
 
