@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# CI replays a fixed set of examples (a landing must not depend on a lucky draw); locally every run
+# explores new ones, which is how the property tests find bugs.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 # Servers started by the tests run this checkout's code, whatever edgetftp is installed.
 _SERVER_DIR = str(Path(__file__).resolve().parent.parent / "server")
