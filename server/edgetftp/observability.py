@@ -90,12 +90,14 @@ class LogAndMetrics:
             duration=round(stats.duration, 4),
             blksize=stats.blksize,
             windowsize=stats.windowsize,
+            anticipate=stats.anticipate,
             retransmits=stats.retransmits,
             error_code=event.error_code,
         ).log(
             level,
             "transfer {outcome} client={client} file={file!r} bytes={bytes} duration={duration:.3f}s "
-            "blksize={blksize} windowsize={windowsize} retransmits={retransmits}{detail}",
+            "blksize={blksize} windowsize={windowsize} anticipate={anticipate} "
+            "retransmits={retransmits}{detail}",
             outcome=event.outcome.value,
             client=format_address(peer),
             file=stats.filename,
@@ -103,6 +105,7 @@ class LogAndMetrics:
             duration=stats.duration,
             blksize=stats.blksize,
             windowsize=stats.windowsize,
+            anticipate=stats.anticipate,
             retransmits=stats.retransmits,
             detail=f" reason={event.reason!r}" if event.reason else "",
         )

@@ -23,7 +23,8 @@ class TransferStats:
     started: float
     ended: float | None = None
     blksize: int = 512
-    windowsize: int = 1
+    windowsize: int = 1  # negotiated (RFC 7440); 1 for lock-step clients
+    anticipate: int = 0  # blocks sent ahead of the last ACK for a client without windowsize
     size: int | None = None  # bytes of the file, when known
     bytes_sent: int = 0  # payload bytes of first transmissions (the file's bytes on the wire)
     datagrams_sent: int = 0

@@ -145,7 +145,11 @@ class ReadTransfer:
             self._base_rto = float(granted.timeout)
             self._max_rto = max(self._max_rto, self._base_rto)
         self._rto = self._settled_rto = self._base_rto
-        self.stats.blksize, self.stats.windowsize, self.stats.size = self._blksize, self._window, size
+        self.stats.blksize, self.stats.size = self._blksize, size
+        if self._go_back_on_ack:
+            self.stats.windowsize = self._window
+        else:
+            self.stats.anticipate = self._window if self._window > 1 else 0
         if granted.oack:
             self._oack = encode_oack(granted.oack)
             self.state = State.OACK_SENT
