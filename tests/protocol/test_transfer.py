@@ -415,3 +415,30 @@ def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
     assert [p.block for p in sent(transfer)] == [2, 3]  # type: ignore[attr-defined]
     blocks = [p.block for p in ack(transfer, 5, deadline + 0.01)]  # type: ignore[attr-defined]
     assert blocks and min(blocks) == 6
+
+
+def test_a_client_that_goes_back_to_the_oack_is_served_from_block_1_again() -> None:
+    """curl resets to block 0 when a late duplicate of the OACK arrives mid-transfer, and ACKs 0."""
+    data = bytes(range(256)) * 20  # 5,120 bytes: blocks 1..11 at blksize 512
+    transfer = make(data, {"tsize": "0", "blksize": "512"}, config=TransferConfig(anticipate=4))
+    assert isinstance(sent(transfer)[0], OptionAck)
+    ack(transfer, 0)
+    ack(transfer, 1)
+    ack(transfer, 2)
+    assert [p.block for p in ack(transfer, 0, 0.1)] == [1, 2, 3, 4]  # type: ignore[attr-defined]
+    received = {}
+    expected, packets = 1, []
+    while not transfer.ended:
+        packets = packets or sent(transfer)
+        if not packets:
+            deadline = transfer.get_timer()
+            assert deadline is not None
+            transfer.handle_timer(deadline)
+            continue
+        packet = packets.pop(0)
+        if isinstance(packet, Data) and packet.block == expected:
+            received[expected] = packet.payload
+            expected += 1
+            packets += ack(transfer, packet.block, 0.2)
+    assert b"".join(received[i] for i in sorted(received)) == data
+    assert ack(transfer, 0, 0.3) == []  # only once

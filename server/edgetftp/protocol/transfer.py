@@ -113,6 +113,7 @@ class ReadTransfer:
         self._last_block: int | None = None  # known once the end of the file has been fed
         self._peer_confirmed = False  # the client has ACKed: its address is not spoofed
         self._resent_first = 0  # first replies resent for repeated requests
+        self._restarted = False  # the client went back to ACK 0 once (see _on_restart)
         self._first_sent_at = now
         self._retries = 0
         # the stream, as encoded for the wire (netascii expands it)
@@ -313,6 +314,8 @@ class ReadTransfer:
         if block <= self._acked:
             if block == self._acked:
                 self.stats.duplicate_acks += 1  # never answered: that is the Sorcerer's Apprentice bug
+            elif block == 0:
+                self._on_restart(now)
             return  # else a stale (reordered) ACK
         if self._cwnd < self._window:
             self._grow_window(block - self._acked)
@@ -327,6 +330,20 @@ class ReadTransfer:
             # RFC 7440: an ACK inside the window reports a gap, so resend from it.  Either way never
             # resend what is acknowledged (a late ACK can overtake a timeout's rewind).
             self._next = block + 1
+        self._deadline = None
+        self._fill(now)
+
+    def _on_restart(self, now: float) -> None:
+        """ACK 0 after progress: the client went back to the OACK and expects block 1 again.
+
+        curl does this when the network duplicates our OACK and the copy arrives late (it resets to
+        block 0 and ACKs it).  Serve it from the start once, while the whole file is still held and
+        block numbers cannot be mistaken; a merely late ACK 0 costs one client timeout, no more.
+        """
+        if not self._oack or self._restarted or self._buffer_start != 0 or self._highest_sent >= 0x8000:
+            return
+        self._restarted = True
+        self._acked, self._next = 0, 1
         self._deadline = None
         self._fill(now)
 
