@@ -53,6 +53,10 @@ T = TypeVar("T")
 PATTERN = bytes(range(256)) * 1024
 
 
+#: Firings beyond ``retries`` that a fast (RTT-based) timeout may take to use up the patience.
+EXTRA_FIRINGS = 64
+
+
 class InvariantViolation(Exception):
     """A property of the transfer does not hold (not an AssertionError: ``python -O`` keeps it)."""
 
@@ -174,8 +178,10 @@ class CheckedTransfer:
         self._call(lambda: self.transfer.cancel(self.now))
 
     def run_out(self) -> None:
-        """Stop answering: the transfer must end after at most ``retries + 1`` unanswered firings."""
-        for _ in range(self.config.retries + 2):
+        """Stop answering: the transfer must end within its patience (the configured retry schedule's
+        total silence); retransmissions follow the RTT, so that can take more firings than ``retries``,
+        but a bounded number (the timeout doubles up to its cap)."""
+        for _ in range(self.config.retries + 2 + EXTRA_FIRINGS):
             if self.ended:
                 break
             self.feed_wanted()
@@ -183,7 +189,7 @@ class CheckedTransfer:
                 require(self.transfer.bytes_wanted() > 0, "a live transfer with no timer and no need")
                 self.feed_wanted()
             self.fire_timer()
-        require(self.ended, f"not ended after {self.config.retries + 1} unanswered timeouts")
+        require(self.ended, f"not ended after {self.config.retries + 1 + EXTRA_FIRINGS} unanswered timeouts")
 
     # --- checking ---
 
@@ -292,7 +298,9 @@ class CheckedTransfer:
         if not outstanding:
             require(transfer.bytes_wanted() > 0, "stuck: nothing outstanding, nothing wanted")
         require(0 <= transfer._acked <= transfer._highest_sent, "acked beyond what was sent")
-        require(transfer._retries <= self.config.retries, "more retries than configured")
+        # Retransmissions follow the RTT, giving up follows the configured schedule's total silence:
+        # past the configured count, but boundedly (the timeout doubles up to its cap).
+        require(transfer._retries <= self.config.retries + EXTRA_FIRINGS, "unbounded retries")
         if self.streamed:
             blksize = transfer.stats.blksize
             bound = self.expansion * (

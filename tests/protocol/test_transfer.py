@@ -442,3 +442,20 @@ def test_a_client_that_goes_back_to_the_oack_is_served_from_block_1_again() -> N
             packets += ack(transfer, packet.block, 0.2)
     assert b"".join(received[i] for i in sorted(received)) == data
     assert ack(transfer, 0, 0.3) == []  # only once
+
+
+def test_fast_retransmissions_do_not_shorten_the_time_before_giving_up() -> None:
+    """RTT-based retransmissions are fast; the client still gets the configured 19 s of patience."""
+    transfer = make(b"q" * 512 * 20)
+    sent(transfer)
+    for block in range(1, 5):
+        ack(transfer, block, 0.01 * block)  # a 10 ms round trip: the timeout drops to its 0.2 s floor
+    last_progress, resends, deadline = 0.04, 0, transfer.get_timer()
+    while deadline is not None:
+        transfer.handle_timer(deadline)
+        resends += len(sent(transfer))
+        final, deadline = deadline, transfer.get_timer()
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.TIMED_OUT
+    assert final - last_progress >= 1 + 2 + 4 + 4 + 4 + 4  # the configured schedule's silence
+    assert resends > CONFIG.retries  # retransmitted the whole time, from 0.2 s on

@@ -116,6 +116,8 @@ class ReadTransfer:
         self._restarted = False  # the client went back to ACK 0 once (see _on_restart)
         self._first_sent_at = now
         self._retries = 0
+        self._patience = 0.0  # seconds of client silence before giving up (set by accept)
+        self._last_progress = now
         # the stream, as encoded for the wire (netascii expands it)
         self._buffer = memoryview(b"")
         self._buffer_start = 0  # stream offset of self._buffer[0]
@@ -146,6 +148,8 @@ class ReadTransfer:
             self._base_rto = float(granted.timeout)
             self._max_rto = max(self._max_rto, self._base_rto)
         self._rto = self._settled_rto = self._base_rto
+        self._patience = self._silence_allowed()
+        self._last_progress = now
         self.stats.blksize, self.stats.size = self._blksize, size
         if self._go_back_on_ack:
             self.stats.windowsize = self._window
@@ -240,7 +244,7 @@ class ReadTransfer:
         if self._deadline is None or now < self._deadline or self.state is State.ENDED:
             return
         self._retries += 1
-        if self._retries > self._config.retries:
+        if self._retries > self._config.retries and now - self._last_progress >= self._patience:
             self._give_up(now)
             return
         self._rto = min(self._rto * 2, self._max_rto)
@@ -369,9 +373,22 @@ class ReadTransfer:
         if self._clean_since_loss >= CEILING_RECOVERY * self._window and self._cwnd_ceiling < self._window:
             self._cwnd_ceiling, self._clean_since_loss = self._cwnd_ceiling + 1, 0
 
+    def _silence_allowed(self) -> float:
+        """How long a client may stay silent: the whole retry schedule at the configured timeouts.
+
+        Retransmissions follow the measured RTT and can be much faster than ``timeout``; giving up
+        is not: a client that re-ACKs every few seconds (curl: 5 s) must not find the transfer gone.
+        """
+        rto, total = self._base_rto, 0.0
+        for _ in range(self._config.retries + 1):
+            total += rto
+            rto = min(rto * 2, self._max_rto)
+        return total
+
     def _on_progress(self, block: int, now: float) -> None:
         """An ACK moved the transfer forward: reset the retries and the backoff."""
         self._retries = 0
+        self._last_progress = now
         timed = self._timed_block
         if timed is not None and block >= timed:
             self._timed_block = None
