@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from edgetftp.protocol import Ack, Data, Error, OptionAck, Packet, decode
+from edgetftp.protocol import Data, Error, OptionAck, Packet, decode
 from edgetftp.protocol.codes import Opcode
 from edgetftp.protocol.packets import encode_ack, encode_error, encode_request
 
@@ -93,7 +93,3 @@ class RawClient:
 
     def ack(self, block: int, to: tuple[str, int]) -> None:
         self.send(encode_ack(block), to)
-
-
-def is_ack(packet: Packet) -> bool:
-    return isinstance(packet, Ack)

@@ -120,7 +120,6 @@ class Session:
         "peer",
         "reading",
         "request_bytes",
-        "started",
         "streaming",
         "tasks",
         "timer_at",
@@ -130,7 +129,6 @@ class Session:
 
     def __init__(self, peer: Peer, request_bytes: bytes, transfer: ReadTransfer, endpoint: Endpoint) -> None:
         self.peer = peer
-        self.started = transfer.stats.started
         self.client_ip = peer[0]
         self.request_bytes = request_bytes
         self.transfer = transfer
@@ -328,8 +326,7 @@ class TftpServer:
         now = self._loop.time()
         transfer = ReadTransfer(request, self.config.transfer, self._blksize_cap(arrival), now)
         session = Session(peer, request_bytes, transfer, endpoint)
-        if endpoint.uses_pktinfo and arrival.local_ip is not None:
-            session.ancillary = [netutil.source_address_cmsg(endpoint.family, arrival.local_ip)]
+        session.ancillary = _reply_from(endpoint, arrival)
         self._register(session)
         if endpoint is not self._listener:
             self._loop.add_reader(endpoint.sock.fileno(), self._on_session_readable, session)
@@ -382,7 +379,7 @@ class TftpServer:
 
     def _is_young(self, session: Session) -> bool:
         """Within its first timeout a session's identical RRQ is a retransmission; later, a restart."""
-        young = self._loop.time() - session.started < self.config.transfer.timeout
+        young = self._loop.time() - session.transfer.stats.started < self.config.transfer.timeout
         return young or not session.transfer.peer_confirmed
 
     def _replace(self, session: Session) -> None:
@@ -579,10 +576,7 @@ class TftpServer:
     def _refuse(self, peer: Peer, arrival: Arrival, code: int, message: str, reason: str) -> None:
         listener = self._listener
         if listener is not None:
-            ancillary = []
-            if listener.uses_pktinfo and arrival.local_ip is not None:
-                ancillary = [netutil.source_address_cmsg(listener.family, arrival.local_ip)]
-            self._send_raw(listener, encode_error(code, message), peer, ancillary)
+            self._send_raw(listener, encode_error(code, message), peer, _reply_from(listener, arrival))
         self.observer.request_refused(peer, reason)
 
     # --- ports and MTU ---------------------------------------------------------------------------
@@ -616,3 +610,10 @@ class TftpServer:
             if limit is not None:
                 cap = min(cap, netutil.blksize_cap(limit, family))
         return max(cap, 8)
+
+
+def _reply_from(endpoint: Endpoint, arrival: Arrival) -> list[tuple[int, int, bytes]]:
+    """Ancillary data that makes a reply on a wildcard socket leave from the address it was asked on."""
+    if endpoint.uses_pktinfo and arrival.local_ip is not None:
+        return [netutil.source_address_cmsg(endpoint.family, arrival.local_ip)]
+    return []

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import stat
 from collections import OrderedDict
-from pathlib import Path
 
 from edgetftp.sources.base import (
     AccessDenied,
@@ -147,11 +146,3 @@ def _read_exactly(fd: int, size: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
-
-
-def local_source_from_path(
-    root: str | Path, case_insensitive: bool, cache_bytes: int, cache_max: int
-) -> Source:
-    return LocalSource(
-        root, case_insensitive=case_insensitive, resident_bytes=cache_bytes, resident_max=cache_max
-    )
