@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum, auto
 
+from edgetftp.protocol.budget import SendBudget
 from edgetftp.protocol.codes import ErrorCode, Opcode
 from edgetftp.protocol.errors import LocalProtocolError, MalformedPacket
 from edgetftp.protocol.events import Outcome, TransferEnded, TransferStats
@@ -78,8 +79,16 @@ class TransferConfig:
 class ReadTransfer:
     """One read transfer.  See the module docstring for the driver contract."""
 
-    def __init__(self, request: ReadRequest, config: TransferConfig, max_blksize: int, now: float) -> None:
+    def __init__(
+        self,
+        request: ReadRequest,
+        config: TransferConfig,
+        max_blksize: int,
+        now: float,
+        budget: SendBudget | None = None,
+    ) -> None:
         self.request = request
+        self._budget = budget  # the client address's byte budget, shared with its other transfers
         self._config = config
         self._max_blksize = max_blksize
         self.state = State.RESOLVING
