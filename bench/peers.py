@@ -18,14 +18,16 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 from bench.loadgen import ClientTiming, Session, SessionResult, TransferSpec, run_coroutine
+from tests import serverproc
+from tests.serverproc import ServerFailed, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-TFTPD_HPA = "/usr/sbin/in.tftpd"
+TFTPD_HPA = serverproc.TFTPD_HPA
 _GROUP_PREFIX = "edgetftp-bench"
 _JOIN_AND_EXEC = 'echo $$ > "$1" && shift && exec "$@"'
 
@@ -248,15 +250,9 @@ class Peer:
         ]
 
     def available(self) -> str | None:
-        """None when it can run here, else why not."""
-        if self.name == "tftpd-hpa":
-            return None if os.access(self.executable, os.X_OK) else f"{self.executable} is not installed"
-        # import the CLI module and look for __main__ without running it
-        check = "import importlib.util, edgetftp.cli; assert importlib.util.find_spec('edgetftp.__main__')"
-        probe = subprocess.run([self.executable, "-c", check], capture_output=True, text=True, check=False)
-        if probe.returncode != 0:
-            last_line = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
-            return f"python -m edgetftp is not importable: {last_line}"
+        """None when it can run here, else why not: a missing tool only (a failing edgetftp is a failure)."""
+        if self.name == "tftpd-hpa" and not os.access(self.executable, os.X_OK):
+            return f"{self.executable} is not installed"
         return None
 
 
@@ -268,31 +264,39 @@ def edgetftp_with(*args: str) -> Peer:
     return Peer("edgetftp", sys.executable, tuple(args))
 
 
-class ServerFailed(RuntimeError):
-    pass
+class ServerProcess(serverproc.ServerProcess):
+    """A server under test (tests/serverproc.py's process), with its CPU meter and startup time."""
 
+    def __init__(
+        self,
+        peer: Peer,
+        source: str,
+        log_dir: Path,
+        meter: CpuMeter,
+        *,
+        host: str,
+        port: int | None,
+        cpu: int | None,
+        env: dict[str, str] | None,
+    ) -> None:
+        self.peer = peer
+        self.meter = meter
+        self.startup_seconds: float | None = None  # spawn -> first file served (``wait_until_serving``)
 
-@dataclass
-class ServerProcess:
-    """A running server under test."""
+        def command(listen_host: str, listen_port: int) -> list[str]:
+            return peer.command(listen_host, listen_port, source)
 
-    peer: Peer
-    host: str
-    port: int
-    process: subprocess.Popen[bytes]
-    meter: CpuMeter
-    log_path: Path
-    spawned_at: float  # time.perf_counter() just before the spawn
-    startup_seconds: float | None = None  # spawn -> first file served (set by ``wait_until_serving``)
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
+        prefix = [*meter.command_prefix(), *pin_prefix(cpu)]
+        super().__init__(
+            env=env,
+            host=host,
+            command=command,
+            name=peer.name,
+            log_dir=log_dir,
+            prefix=prefix,
+            port=port,
+            wait=False,
+        )
 
     def cpu_seconds(self) -> float:
         return self.meter.seconds(self.pid)
@@ -322,7 +326,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 status = self.process.returncode
-                raise ServerFailed(f"{self.peer.name} exited with {status}: {self.log_tail()}")
+                raise ServerFailed(f"{self.peer.name} exited with {status}: {self.log_tail(15)}")
             result = run_coroutine(_fetch_once(self.address, probe_file, timing))
             if result.ok:
                 self.startup_seconds = time.perf_counter() - self.spawned_at
@@ -332,27 +336,15 @@ class ServerProcess:
                 raise ServerFailed(f"{self.peer.name} refused {probe_file}: {reason}")
         raise ServerFailed(f"{self.peer.name} did not serve {probe_file} within {timeout} s: {reason}")
 
-    def log_tail(self, lines: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait, SIGKILL if needed; end leftover children, each by its PID; remove the group."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        for leftover in self.meter.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(leftover, signal.SIGKILL)
-        self.meter.close()
-        if self._log is not None:
-            self._log.close()
-        return self.process.returncode
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Stop the server and its process group; end what is left in its cgroup, each by PID; remove it."""
+        try:
+            return super().stop(sig, timeout)
+        finally:
+            for leftover in self.meter.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(leftover, signal.SIGKILL)
+            self.meter.close()
 
 
 async def _fetch_once(server: tuple[str, int], filename: str, timing: ClientTiming) -> SessionResult:
@@ -371,29 +363,11 @@ def start_server(
     allow_cgroups: bool = True,
 ) -> ServerProcess:
     """Spawn ``peer`` serving ``source`` on a free port, pinned to ``cpu``; not yet waited for."""
-    port = port or free_udp_port(host)
     meter = make_cpu_meter(peer.name, allow_cgroups)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{peer.name}-{port}.log"
-    log = log_path.open("wb")
-    command = [*meter.command_prefix(), *pin_prefix(cpu), *peer.command(host, port, source)]
-    spawned_at = time.perf_counter()
     try:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+        return ServerProcess(
+            peer, source, log_dir, meter, host=host, port=port or free_port(host=host), cpu=cpu, env=env
         )
-    except OSError:
-        log.close()
+    except BaseException:
         meter.close()
         raise
-    return ServerProcess(peer, host, port, process, meter, log_path, spawned_at, _log=log)
-
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    """A UDP port nobody is bound to right now (the kernel's pick; the race is accepted for a benchmark)."""
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])

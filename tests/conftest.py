@@ -1,14 +1,19 @@
-"""Shared fixtures: a content tree of awkward sizes and a real edgetftp process on a free port."""
+"""Shared fixtures: a content tree of awkward sizes and a real edgetftp process on a free port.
+
+The session also keeps the machine clean, and fails the run when it does not:
+- every test file names its layer (``unit``, ``integration`` or ``slow``; see docs/testing.md);
+- subprocesses and ``tempfile`` write under the session's pytest temp directory (``TMPDIR`` points
+  there), and what remains in it at the end is a leak;
+- no process a server helper started (tests/serverproc.py), and no child of this process, is alive at
+  the end, and nothing new is left at the top of /tmp.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +21,19 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from tests import serverproc
+from tests.serverproc import ServerProcess, free_port, free_tcp_port
+
+__all__ = ["SIZES", "ContentTree", "ServerProcess", "free_port", "free_tcp_port"]
+
 # CI replays a fixed set of examples (a landing must not depend on a lucky draw); locally every run
 # explores new ones, which is how the property tests find bugs.
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
-# Servers started by the tests run this checkout's code, whatever edgetftp is installed.
-_SERVER_DIR = str(Path(__file__).resolve().parent.parent / "server")
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SERVER_DIR, os.environ.get("PYTHONPATH")]))
+# Subprocesses the tests start run this checkout's code, whatever edgetftp is installed.
+os.environ["PYTHONPATH"] = serverproc.checkout_environment()["PYTHONPATH"]
 
 # Sizes around the block boundaries of the blksizes the client tests use.
 SIZES = {
@@ -64,73 +73,6 @@ def content(tmp_path_factory: pytest.TempPathFactory) -> ContentTree:
     return tree
 
 
-def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class ServerProcess:
-    """``python -m edgetftp`` started by a test and stopped by its PID."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = free_port(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-        listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-        if "--drain-timeout" not in args:
-            args = ["--drain-timeout", "1", *args]  # tests leave stalled sessions behind: stop promptly
-        self.args = [sys.executable, "-m", "edgetftp", "--listen", listen, *args]
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgetftp-{self.port}.log"
-        self._log = open(self.log_path, "w+b")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "serving" in self.log():
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"edgetftp exited {self.proc.returncode}: {self.log()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"edgetftp did not start: {self.log()}")
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    def log(self) -> str:
-        return self.log_path.read_bytes().decode(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log()
-            if text in log:
-                return log
-            time.sleep(0.02)
-        raise AssertionError(f"{text!r} not in log:\n{self.log()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
-
-
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
@@ -141,8 +83,9 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
         return server
 
     yield start
-    for server in started:
-        server.stop()
+    with contextlib.ExitStack() as stack:  # each one is stopped even if stopping another fails
+        for server in started:
+            stack.callback(server.stop)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +94,109 @@ def shared_server(content: ContentTree) -> Iterator[ServerProcess]:
     server = ServerProcess(["--log-level", "DEBUG", str(content.root)])
     yield server
     server.stop()
+
+
+# --- layers ------------------------------------------------------------------------------------------------
+
+LAYERS = ("unit", "integration", "slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test is in a layer, and a unit test in no other, so ``-m unit`` really is the inner loop.
+
+    A test in an integration file may add ``slow``: ``-m "not slow"`` then leaves it out.
+    """
+    wrong = []
+    for item in items:
+        layers = {mark.name for mark in item.iter_markers() if mark.name in LAYERS}
+        if not layers or ("unit" in layers and len(layers) > 1):
+            wrong.append(f"{item.nodeid}: {sorted(layers) or 'no layer'}")
+    if wrong:
+        listing = "\n  ".join(wrong[:20])
+        raise pytest.UsageError(
+            f"{len(wrong)} tests need a layer marker {LAYERS} (a pytestmark):\n  {listing}"
+        )
+
+
+# --- a clean machine at the end ----------------------------------------------------------------------------
+
+TMP = Path("/tmp")
+# On a machine shared with other work, new /tmp entries may not be ours: report them without failing.
+SHARED_TMP = os.environ.get("EDGETFTP_TESTS_SHARED_TMP") == "1"
+_tmp_before: set[str] = set()
+_private_tmp: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _tmp_before.update(entry.name for entry in TMP.iterdir())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_temp_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """TMPDIR (for subprocesses and ``tempfile``) and server logs live under the session's pytest dir."""
+    base = tmp_path_factory.getbasetemp()
+    private = base / "tmpdir"
+    private.mkdir()
+    _private_tmp.append(private)
+    serverproc.set_default_log_dir(base / "server-logs")
+    saved_environment, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(private), str(private)
+    try:
+        yield private
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_environment is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_environment
+        serverproc.set_default_log_dir(None)
+
+
+def _live_children(pid: int) -> list[int]:
+    """Live (non-zombie) descendants of ``pid``."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        for children_file in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                for child in map(int, children_file.read_text().split()):
+                    pending.append(child)
+                    with contextlib.suppress(OSError):
+                        if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                            found.append(child)
+    return found
+
+
+def leftovers() -> list[str]:
+    """What this run left behind: live processes, files in its TMPDIR, new entries in /tmp."""
+    problems = []
+    for pid in sorted({*serverproc.live_started_processes(), *_live_children(os.getpid())}):
+        problems.append(f"process {pid} still alive: {serverproc.command_line(pid)}")
+    for private in _private_tmp:
+        problems += (
+            [f"left in TMPDIR: {path}" for path in sorted(private.iterdir())] if private.exists() else []
+        )
+    if not SHARED_TMP:
+        new = sorted(
+            name
+            for name in {e.name for e in TMP.iterdir()} - _tmp_before
+            if not name.startswith("pytest-of-")
+        )
+        problems += [f"new in /tmp: {TMP / name}" for name in new]
+    return problems
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    problems = leftovers()
+    if not problems:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    text = "the test run left things behind:\n  " + "\n  ".join(problems)
+    if reporter is not None:
+        reporter.write_sep("=", "leftovers", red=True)
+        reporter.write_line(text)
+    else:
+        print(text)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

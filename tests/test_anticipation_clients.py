@@ -15,7 +15,8 @@ import pytest
 
 from bench import compat, latency
 from bench.peers import ServerProcess
-from tests.ipxe import servers
+
+pytestmark = pytest.mark.integration
 
 ONE_WAY_DELAY_MS = 25.0
 ANTICIPATIONS = (16, 32)
@@ -31,8 +32,6 @@ def content(tmp_path_factory: pytest.TempPathFactory) -> latency.Content:
 def anticipating_servers(
     content: latency.Content, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServerProcess]]:
-    if reason := servers.edgetftp_unavailable_reason():
-        pytest.skip(reason)
     started = latency.start_servers(
         compat.anticipation_modes(ANTICIPATIONS), content, tmp_path_factory.mktemp("logs")
     )

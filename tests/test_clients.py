@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import SIZES, ContentTree, ServerProcess
 
+pytestmark = pytest.mark.integration
+
 
 def _have(tool: str) -> bool:
     return shutil.which(tool) is not None

@@ -15,6 +15,8 @@ import pytest
 
 from edgetftp.settings import Settings, parse_host_port
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 FLY_TOML = REPO / "fly.toml"
 # reference/regions: a three-letter code

@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 # Build context: the repository (EDGETFTP_IMAGE_CONTEXT points elsewhere, for debugging a copy).
 CONTEXT = Path(os.environ.get("EDGETFTP_IMAGE_CONTEXT", REPO))

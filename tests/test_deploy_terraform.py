@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (pip install python-hcl2)")
 
 TERRAFORM_DIR = Path(__file__).resolve().parents[1] / "terraform"

@@ -16,6 +16,8 @@ from fuzz.harness import run_one
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 FUZZ_SECONDS = 20
 

@@ -9,6 +9,7 @@ each run the client goes silent: the transfer must end within ``retries + 1`` ti
 
 from __future__ import annotations
 
+import pytest
 from fuzz.harness import PATTERN, CheckedTransfer
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -31,6 +32,8 @@ from edgetftp.protocol import (
 )
 from edgetftp.protocol.codes import Opcode
 from edgetftp.protocol.packets import encode_error, encode_request
+
+pytestmark = pytest.mark.unit
 
 RARE = 12
 OPTION_SETS = st.fixed_dictionaries(

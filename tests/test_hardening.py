@@ -31,6 +31,8 @@ from tests.rawclient import RawClient
 from tests.s3support import S3Endpoint, s3_endpoint
 from tests.test_clients import fetch_with
 
+pytestmark = pytest.mark.integration
+
 StartServer = Callable[..., ServerProcess]
 MiB = 1 << 20
 UDP_IP_HEADERS = 28  # IPv4 + UDP: what each datagram costs on the wire beyond its payload

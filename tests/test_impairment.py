@@ -28,6 +28,8 @@ from bench.impairment import Addr, Direction, Impairment, ImpairmentProxy
 from tests.ipxe import servers
 from tests.ipxe.wire import TransferLog
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 CURL = "/usr/bin/curl"
 
@@ -437,16 +439,10 @@ def test_curl_fetches_from_tftpd_hpa_through_the_relay(
         assert stats.to_client.dropped + stats.to_server.dropped > 0
 
 
-@pytest.fixture(scope="module")
-def edgetftp_ready() -> None:
-    if reason := servers.edgetftp_unavailable_reason():
-        pytest.skip(reason)
-
-
 @pytest.mark.parametrize("port_mode", ["single", "per-transfer"])
 @pytest.mark.parametrize("impairment", [{}, IMPAIRED], ids=["clean", "impaired"])
 def test_curl_fetches_from_edgetftp_through_the_relay(
-    edgetftp_ready: None, served_dir: Path, tmp_path: Path, port_mode: str, impairment: dict[str, float]
+    served_dir: Path, tmp_path: Path, port_mode: str, impairment: dict[str, float]
 ) -> None:
     require_curl()
     digest = make_file(served_dir, "file.bin", 64 * 1024)

@@ -88,18 +88,12 @@ def test_ipxe_boots_from_tftpd_hpa(served_dir: Path) -> None:
     assert all(t.server_port != started.address[1] for t in log.transfers())  # classic per-transfer TIDs
 
 
-@pytest.fixture(scope="module")
-def edgetftp_ready() -> None:
-    if reason := servers.edgetftp_unavailable_reason():
-        pytest.skip(reason)
-
-
 @pytest.mark.parametrize(
     "flags",
     [[], ["--anticipate", "8"], ["--port-mode", "per-transfer"]],
     ids=["defaults", "anticipate-8", "per-transfer"],
 )
-def test_ipxe_boots_from_edgetftp(edgetftp_ready: None, served_dir: Path, flags: list[str]) -> None:
+def test_ipxe_boots_from_edgetftp(served_dir: Path, flags: list[str]) -> None:
     server = servers.edgetftp(served_dir, [*flags, *extra_edgetftp_args()], log_dir=served_dir.parent)
     result, log, payload_sha, started = boot_through_relay(server, served_dir)
     assert_booted(result, log, payload_sha, served_dir)
@@ -108,7 +102,7 @@ def test_ipxe_boots_from_edgetftp(edgetftp_ready: None, served_dir: Path, flags:
         assert all(t.server_port == started.address[1] for t in log.transfers())
 
 
-def test_ipxe_boots_from_edgetftp_over_a_lossy_path(edgetftp_ready: None, served_dir: Path) -> None:
+def test_ipxe_boots_from_edgetftp_over_a_lossy_path(served_dir: Path) -> None:
     """2% loss and duplication, 5% reordering, 2 ± 2 ms each way: real firmware still gets every byte."""
     server = servers.edgetftp(served_dir, extra_edgetftp_args(), log_dir=served_dir.parent)
     result, log, payload_sha, _ = boot_through_relay(server, served_dir, 256 * 1024, **LOSSY)

@@ -14,19 +14,14 @@ import pytest
 
 from bench import latency
 from bench.latency import Cell, NetworkPath, Run
-from tests.ipxe import servers
+
+pytestmark = pytest.mark.integration
 
 SMALL_KIB = 64
 
 
-@pytest.fixture(scope="module")
-def edgetftp_ready() -> None:
-    if reason := servers.edgetftp_unavailable_reason():
-        pytest.skip(reason)
-
-
 def test_tiny_run_prints_the_tables_and_verifies_every_run(
-    edgetftp_ready: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report_json = tmp_path / "latency.json"
     argv = ["--rtt", "0,20", "--sizes-kib", str(SMALL_KIB), "--anticipate", "8", "--windowsize", "4"]
@@ -62,7 +57,7 @@ def test_tiny_run_prints_the_tables_and_verifies_every_run(
     assert all(run["server_datagrams"] >= blocks for run in relayed)  # the relay carried every block
 
 
-def test_a_wrong_digest_is_reported_as_a_failed_run(edgetftp_ready: None, tmp_path: Path) -> None:
+def test_a_wrong_digest_is_reported_as_a_failed_run(tmp_path: Path) -> None:
     content = latency.write_content(tmp_path / "root", [SMALL_KIB])
     modes = latency.build_modes([8], [], with_tftpd_hpa=False)
     started = latency.start_servers(modes, content, tmp_path / "logs")

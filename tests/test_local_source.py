@@ -11,6 +11,8 @@ import pytest
 from edgetftp.sources.base import AccessDenied, FileNotFound
 from edgetftp.sources.local import LocalSource
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:

@@ -40,7 +40,7 @@ def _can_make_namespaces() -> str | None:
 
 
 SKIP_REASON = _can_make_namespaces()
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")]
 
 
 @dataclass

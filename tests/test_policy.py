@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from edgetftp.policy import ClientRateLimit, PathPolicy, PolicyError, extension_of, normalize
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("name", "path"),

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from scripts.settings_table import settings_rows
+
+pytestmark = pytest.mark.unit
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

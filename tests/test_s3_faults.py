@@ -21,6 +21,8 @@ from tests.conftest import ServerProcess
 from tests.rawclient import Fetch, RawClient
 from tests.s3support import Fault, S3Endpoint, s3_endpoint
 
+pytestmark = pytest.mark.integration
+
 S3_TIMEOUT, S3_RETRIES = 1.0, 2
 OPEN_TIMEOUT = max(2.0, S3_TIMEOUT * S3_RETRIES)  # what cli.server_config derives from the two
 PROMPT = OPEN_TIMEOUT + 1.5  # the source's deadline, plus scheduling slack on a busy CI machine
@@ -58,10 +60,10 @@ def server(endpoint: S3Endpoint, bucket: str) -> Iterator[ServerProcess]:
             f"s3://{bucket}/boot/",
         ]
     )
-    with RawClient(process.address, timeout=10) as client:
-        assert client.fetch("warm.efi", blksize=1432).data == FILES["warm.efi"]
-    yield process
-    process.stop()
+    with process:  # stopped even when warming the cache fails
+        with RawClient(process.address, timeout=10) as client:
+            assert client.fetch("warm.efi", blksize=1432).data == FILES["warm.efi"]
+        yield process
 
 
 @pytest.fixture(autouse=True)

@@ -42,6 +42,8 @@ from tests.rawclient import RawClient
 from tests.s3support import Fault, S3Endpoint, dummy_aws_environment, s3_endpoint
 from tests.test_clients import fetch_with
 
+pytestmark = pytest.mark.integration
+
 T = TypeVar("T")
 MiB = 1 << 20
 

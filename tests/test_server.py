@@ -21,6 +21,8 @@ from edgetftp.protocol.packets import encode_request
 from tests.conftest import ContentTree, ServerProcess, free_port, free_tcp_port
 from tests.rawclient import RawClient
 
+pytestmark = pytest.mark.integration
+
 StartServer = Callable[..., ServerProcess]
 
 

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from edgetftp.protocol import Limits, negotiate
 
+pytestmark = pytest.mark.unit
+
 LIMITS = Limits(max_blksize=1468, max_window=64)
 
 

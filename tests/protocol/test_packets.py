@@ -19,6 +19,8 @@ from edgetftp.protocol import (
 )
 from edgetftp.protocol.packets import encode_error
 
+pytestmark = pytest.mark.unit
+
 names = st.text(
     st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=40
 )

@@ -5,7 +5,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import edgetftp.protocol
+
+pytestmark = pytest.mark.unit
 
 FORBIDDEN = {"asyncio", "socket", "selectors", "time", "datetime", "threading", "uvloop", "loguru", "os"}
 PROTOCOL_DIR = Path(edgetftp.protocol.__file__).parent

@@ -23,6 +23,8 @@ from edgetftp.protocol import (
 )
 from edgetftp.protocol.packets import encode_ack, encode_error
 
+pytestmark = pytest.mark.unit
+
 CONFIG = TransferConfig(timeout=1.0, max_timeout=4.0, retries=5)
 
 
