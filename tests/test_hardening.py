@@ -84,6 +84,13 @@ def drain(sock: socket.socket, quiet: float) -> list[bytes]:
             return received
 
 
+def collect(received: list[list[bytes]], socks: list[socket.socket]) -> list[list[bytes]]:
+    """Add what each socket has waiting to its list in ``received``; return ``received``."""
+    for replies, sock in zip(received, socks, strict=True):
+        replies.extend(drain(sock, 0.001))
+    return received
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -143,8 +150,9 @@ def test_rrq_flood_from_one_address_cannot_starve_another(
     try:
         for sock in flooders:
             sock.sendto(encode_request(Opcode.RRQ, "big.bin"), server.address)
-        time.sleep(0.5)  # every request answered by now; then read what each port got
-        first_round = [drain(sock, 0.001) for sock in flooders]
+        first_round: list[list[bytes]] = [[] for _ in flooders]
+        # read until every request has its answer (a DATA or an ERROR), not for a fixed time
+        assert wait_for(lambda: all(collect(first_round, flooders)), timeout=10.0, interval=0.0), first_round
         served = sum(any(isinstance(decode(d), Data) for d in replies) for replies in first_round)
         refused = [decode(d) for replies in first_round for d in replies if isinstance(decode(d), Error)]
         assert served == cap  # the per-client cap, exactly

@@ -114,7 +114,7 @@ def test_retransmitted_request_is_not_a_second_session(
             if len(packet.payload) < 1428:
                 break
     log = server.wait_for_log("transfer completed")
-    assert log.count("transfer ") == 1, log
+    assert sum("transfer " in line and "big.bin" in line for line in log.splitlines()) == 1, log
 
 
 def test_tsize_probe_then_new_request_from_the_same_port(
