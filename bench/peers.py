@@ -24,7 +24,8 @@ from typing import Protocol
 
 from bench.loadgen import ClientTiming, Session, SessionResult, TransferSpec, run_coroutine
 from tests import serverproc
-from tests.serverproc import ServerFailed, free_port
+from tests.serverproc import ServerFailed as ServerFailed  # re-exported: bench.run catches it
+from tests.serverproc import free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TFTPD_HPA = serverproc.TFTPD_HPA

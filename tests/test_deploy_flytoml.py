@@ -31,7 +31,8 @@ def fly() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def env(fly: dict[str, Any]) -> dict[str, str]:
-    return fly["env"]
+    environment: dict[str, str] = fly["env"]
+    return environment
 
 
 def duration_seconds(value: int | str) -> float:

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 
@@ -47,6 +47,8 @@ from docker.errors import APIError, BuildError, DockerException, ImageNotFound, 
 from docker.models.containers import Container  # noqa: E402
 from docker.models.images import Image  # noqa: E402
 
+DockerClient: TypeAlias = Any  # `docker` comes from importorskip, so mypy cannot name its classes
+
 needs_engine = pytest.mark.docker
 
 
@@ -54,7 +56,7 @@ needs_engine = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
+def client() -> Iterator[DockerClient]:
     try:
         engine = docker.from_env(timeout=600)
         engine.ping()
@@ -65,7 +67,7 @@ def client() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="module")
-def base_images(client: docker.DockerClient) -> None:
+def base_images(client: DockerClient) -> None:
     """The stand-in bases: the script returns at once when they are current, else builds them (1-2 min)."""
     can_build = os.geteuid() == 0 and shutil.which("debootstrap") is not None
     if not can_build:
@@ -84,7 +86,7 @@ def base_images(client: docker.DockerClient) -> None:
 
 
 @pytest.fixture(scope="module")
-def image(client: docker.DockerClient, base_images: None) -> Image:
+def image(client: DockerClient, base_images: None) -> Image:
     assert (CONTEXT / "README.md").is_file(), "README.md is missing: pyproject's readme, needed by the build"
     started = time.monotonic()
     try:
@@ -99,7 +101,7 @@ def image(client: docker.DockerClient, base_images: None) -> Image:
 
 
 @pytest.fixture
-def containers(client: docker.DockerClient) -> Iterator[list[Container]]:
+def containers(client: DockerClient) -> Iterator[list[Container]]:
     """Containers a test started; removed (by id) whatever the outcome."""
     started: list[Container] = []
     yield started
@@ -111,7 +113,7 @@ def containers(client: docker.DockerClient) -> Iterator[list[Container]]:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _image_exists(client: docker.DockerClient, tag: str) -> bool:
+def _image_exists(client: DockerClient, tag: str) -> bool:
     try:
         client.images.get(tag)
     except ImageNotFound:
@@ -148,11 +150,12 @@ class Server:
             return member.read()
 
     def logs(self) -> str:
-        return self.container.logs().decode(errors="replace")
+        logs: bytes = self.container.logs()
+        return logs.decode(errors="replace")
 
 
 def start_server(
-    client: docker.DockerClient,
+    client: DockerClient,
     image: Image,
     containers: list[Container],
     user: str | None = None,
@@ -232,7 +235,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def run_python_in_image(client: docker.DockerClient, image: Image, code: str) -> Any:
+def run_python_in_image(client: DockerClient, image: Image, code: str) -> Any:
     """Run a snippet with the image's venv interpreter; it prints one JSON document."""
     output = client.containers.run(
         image.id, entrypoint=["/venv/bin/python3", "-c", code], network_mode="none", remove=True
@@ -277,7 +280,7 @@ def test_image_config(image: Image) -> None:
 
 
 @needs_engine
-def test_image_size(client: docker.DockerClient, image: Image) -> None:
+def test_image_size(client: DockerClient, image: Image) -> None:
     size = image.attrs["Size"]
     base = client.images.get(BASE_IMAGES[1]).attrs["Size"]
     added = size - base
@@ -287,7 +290,7 @@ def test_image_size(client: docker.DockerClient, image: Image) -> None:
 
 @needs_engine
 def test_image_has_no_shell_and_no_build_leftovers(
-    client: docker.DockerClient, image: Image, containers: list[Container]
+    client: DockerClient, image: Image, containers: list[Container]
 ) -> None:
     server = start_server(client, image, containers)
     wait_for_first_file(server, "boot.ipxe")
@@ -320,7 +323,7 @@ def test_image_has_no_shell_and_no_build_leftovers(
 
 @needs_engine
 def test_botocore_is_trimmed_to_s3_and_the_credential_services(
-    client: docker.DockerClient, image: Image
+    client: DockerClient, image: Image
 ) -> None:
     probe = r"""
 import json, os, re
@@ -361,7 +364,7 @@ print(json.dumps({"available": available, "wanted": sorted(wanted), "clients": c
 
 @needs_engine
 def test_container_serves_baked_content_over_tftp(
-    client: docker.DockerClient, image: Image, containers: list[Container]
+    client: DockerClient, image: Image, containers: list[Container]
 ) -> None:
     started = time.monotonic()
     server = start_server(client, image, containers)
@@ -401,7 +404,7 @@ def test_container_serves_baked_content_over_tftp(
 
 @needs_engine
 def test_container_health_and_metrics(
-    client: docker.DockerClient, image: Image, containers: list[Container]
+    client: DockerClient, image: Image, containers: list[Container]
 ) -> None:
     server = start_server(client, image, containers)
     wait_for_first_file(server, "boot.ipxe")
@@ -421,7 +424,7 @@ def test_container_health_and_metrics(
 
 @needs_engine
 def test_container_runs_as_nonroot_on_a_high_port(
-    client: docker.DockerClient, image: Image, containers: list[Container]
+    client: DockerClient, image: Image, containers: list[Container]
 ) -> None:
     """The documented alternative to root (runtimes that allow low ports, or a high port)."""
     server = start_server(client, image, containers, user="65532:65532")
@@ -433,7 +436,7 @@ def test_container_runs_as_nonroot_on_a_high_port(
 
 @needs_engine
 def test_root_user_in_the_running_container(
-    client: docker.DockerClient, image: Image, containers: list[Container]
+    client: DockerClient, image: Image, containers: list[Container]
 ) -> None:
     server = start_server(client, image, containers)
     wait_for_first_file(server, "boot.ipxe")
@@ -443,7 +446,7 @@ def test_root_user_in_the_running_container(
 
 @needs_engine
 def test_docker_stop_drains_and_exits_zero(
-    client: docker.DockerClient, image: Image, containers: list[Container]
+    client: DockerClient, image: Image, containers: list[Container]
 ) -> None:
     """SIGTERM with a transfer in flight: the drain runs out and the server exits 0 before SIGKILL."""
     server = start_server(client, image, containers, env={"EDGETFTP_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)})
@@ -471,7 +474,7 @@ def test_docker_stop_drains_and_exits_zero(
 
 @needs_engine
 def test_container_serves_from_s3_with_the_trimmed_sdk(
-    client: docker.DockerClient, image: Image, containers: list[Container]
+    client: DockerClient, image: Image, containers: list[Container]
 ) -> None:
     """The S3 source end to end in the image (trimmed botocore, env credentials), against moto on loopback."""
     moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")

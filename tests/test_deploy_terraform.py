@@ -41,7 +41,8 @@ def unquote(value: Any) -> Any:
 
 def parse(path: Path) -> dict[str, Any]:
     with path.open() as handle:
-        return unquote(hcl2.load(handle))
+        parsed: dict[str, Any] = unquote(hcl2.load(handle))
+        return parsed
 
 
 @pytest.fixture(scope="module")

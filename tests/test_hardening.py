@@ -432,7 +432,7 @@ def fetch_everything_through(proxy_address: tuple[str, int], served: Served, out
 
 
 def check_impaired(served: Served, tmp_path: Path, seed: int) -> None:
-    with ImpairmentProxy.start_in_thread(served.address, seed=seed, **IMPAIRMENT) as proxy:  # type: ignore[arg-type]
+    with ImpairmentProxy.start_in_thread(served.address, seed=seed, **IMPAIRMENT) as proxy:
         started = time.perf_counter()
         results = fetch_everything_through(proxy.address, served, tmp_path)
         elapsed = time.perf_counter() - started
