@@ -30,6 +30,8 @@ START_ATTEMPTS = 3  # a port picked free may be taken before the server binds it
 
 # argv for a server listening on (host, port)
 Command = Callable[[str, int], list[str]]
+# does the server at this address answer TFTP within this many seconds?
+Probe = Callable[[tuple[str, int], float], bool]
 
 _started_pids: list[int] = []
 _default_log_dir: Path | None = None
@@ -141,7 +143,8 @@ class ServerProcess:
 
     ``ServerProcess(["--timeout", "2", root])`` runs edgetftp with those flags; pass ``command`` (see
     ``tftpd_hpa_command``) for another server.  ``prefix`` goes before the command (taskset, a cgroup
-    join); ``port`` pins the port (no retry on another one).
+    join); ``port`` pins the port (no retry on another one); ``probe`` replaces the readiness check
+    (e.g. one run from inside a network namespace).
     """
 
     def __init__(
@@ -157,12 +160,14 @@ class ServerProcess:
         port: int | None = None,
         wait: bool = True,
         ready_timeout: float = 20.0,
+        probe: Probe | None = None,
     ) -> None:
         self.name = name
         self.host = host
         self._command = command or edgetftp_command(args)
         self._environment = checkout_environment(env)
         self._prefix = list(prefix)
+        self._probe = probe or answers_tftp
         self._log_dir = log_dir or _default_log_dir
         if self._log_dir is None:
             raise ValueError("no log_dir given and no default set (tests/conftest.py sets one)")
@@ -220,7 +225,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerFailed(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            if answers_tftp(probe_to, probe_timeout):
+            if self._probe(probe_to, probe_timeout):
                 return
             probe_timeout = min(probe_timeout * 2, 1.0)  # an S3 lookup may take a while to answer
         raise ServerFailed(f"{self.name} did not answer TFTP within {timeout} s:\n{self.log_tail()}")
@@ -292,3 +297,14 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return "?"
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python tests/serverproc.py HOST PORT [TIMEOUT]``: exit 0 if a TFTP server answers there (a probe
+    that can be run where the server is reachable, e.g. inside a network namespace)."""
+    host, port, *rest = argv
+    return 0 if answers_tftp((host, int(port)), float(rest[0]) if rest else 1.0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

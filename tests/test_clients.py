@@ -68,7 +68,7 @@ CLIENTS = {
     "busybox": "busybox",
 }
 # tftp-hpa 5.2's client cannot ask for a blksize: it always runs at 512.
-BLKSIZES = {
+BLKSIZES: dict[str, list[int | None]] = {
     "curl": [None, 1428, 8192],
     "atftp": [None, 1428, 8192],
     "tftp-hpa": [None],

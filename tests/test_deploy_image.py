@@ -322,9 +322,7 @@ def test_image_has_no_shell_and_no_build_leftovers(
 
 
 @needs_engine
-def test_botocore_is_trimmed_to_s3_and_the_credential_services(
-    client: DockerClient, image: Image
-) -> None:
+def test_botocore_is_trimmed_to_s3_and_the_credential_services(client: DockerClient, image: Image) -> None:
     probe = r"""
 import json, os, re
 import botocore, botocore.session

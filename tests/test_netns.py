@@ -6,20 +6,22 @@ the clients in the other.  Nothing leaves the namespaces.  Skipped without root 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests import serverproc
 from tests.conftest import ContentTree
+from tests.serverproc import Probe, ServerProcess, edgetftp_command
 
 SERVER_IP, CLIENT_IP = "10.213.0.1", "10.213.0.2"
 PORT = 6969
@@ -79,29 +81,32 @@ def link() -> Iterator[Link]:
         _ip("netns", "del", client_ns)
 
 
+StartInNamespace = Callable[..., ServerProcess]
+
+
+def probe_from_the_client_namespace(link: Link) -> Probe:
+    """Readiness as a client sees it: a real RRQ sent from the client namespace."""
+
+    def probe(address: tuple[str, int], timeout: float) -> bool:
+        command = link.in_client(sys.executable, serverproc.__file__, SERVER_IP, str(PORT), str(timeout))
+        return subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+    return probe
+
+
 @pytest.fixture
-def server_in_ns(
-    link: Link, content: ContentTree, tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    servers: list[tuple[subprocess.Popen[bytes], Path]] = []
+def server_in_ns(link: Link, content: ContentTree, tmp_path: Path) -> Iterator[StartInNamespace]:
+    with contextlib.ExitStack() as started:  # every server stopped (by PID), whatever happens
 
-    def start(listen: str, *flags: str) -> tuple[subprocess.Popen[bytes], Path]:
-        log = tmp_path / f"server-{len(servers)}.log"
-        command = link.in_server(
-            sys.executable, "-m", "edgetftp", "--listen", listen, *flags, str(content.root)
-        )
-        proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while "serving" not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.05)
-        servers.append((proc, log))
-        return proc, log
+        def start(listen: str, *flags: str) -> ServerProcess:
+            def command(host: str, port: int) -> list[str]:
+                return link.in_server(*edgetftp_command([*flags, str(content.root)])(host, port))
 
-    yield start  # type: ignore[misc]
-    for proc, _ in servers:
-        proc.terminate()
-        proc.wait(15)
+            host, probe = listen.rsplit(":", 1)[0], probe_from_the_client_namespace(link)
+            server = ServerProcess(command=command, host=host, port=PORT, log_dir=tmp_path, probe=probe)
+            return started.enter_context(server)
+
+        yield start
 
 
 def curl_fetch(link: Link, name: str, out: Path, blksize: int) -> None:
@@ -123,25 +128,23 @@ def curl_fetch(link: Link, name: str, out: Path, blksize: int) -> None:
 def test_blksize_is_clamped_to_the_interface_mtu(
     listen: str,
     link: Link,
-    server_in_ns,
+    server_in_ns: StartInNamespace,
     content: ContentTree,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
-    _, log = server_in_ns(listen)
+    server = server_in_ns(listen)
     out = tmp_path / "big.bin"
     curl_fetch(link, "big.bin", out, blksize=1468)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == content.digests["big.bin"]
-    deadline = time.monotonic() + 5
-    while "transfer completed" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert f"blksize={LINK_MTU - 32}" in log.read_text()  # 1420 - 20 (IP) - 8 (UDP) - 4 (TFTP)
+    log = server.wait_for_log("transfer completed", timeout=5)
+    assert f"blksize={LINK_MTU - 32}" in log  # 1420 - 20 (IP) - 8 (UDP) - 4 (TFTP)
 
 
 def test_transfers_survive_kernel_packet_loss(
     link: Link,
-    server_in_ns,
+    server_in_ns: StartInNamespace,
     content: ContentTree,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     """10% of the datagrams reaching the client are dropped by the kernel (iptables statistic)."""
     if shutil.which("iptables") is None:
