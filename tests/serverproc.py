@@ -95,6 +95,18 @@ def answers_tftp(address: tuple[str, int], timeout: float = 0.3) -> bool:
     return False
 
 
+def probe_through(prefix: Sequence[str], to: tuple[str, int] | None = None) -> Probe:
+    """A readiness probe run under ``prefix`` (e.g. ``ip netns exec NS``), from where clients really are,
+    sent to ``to`` (default: the server's own address)."""
+
+    def probe(address: tuple[str, int], timeout: float) -> bool:
+        host, port = to or address
+        command = [*prefix, sys.executable, __file__, host, str(port), str(timeout)]
+        return subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+    return probe
+
+
 # --- commands ----------------------------------------------------------------------------------------------
 
 

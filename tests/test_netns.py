@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import serverproc
 from tests.conftest import ContentTree
-from tests.serverproc import Probe, ServerProcess, edgetftp_command
+from tests.serverproc import ServerProcess, edgetftp_command, probe_through
 
 SERVER_IP, CLIENT_IP = "10.213.0.1", "10.213.0.2"
 PORT = 6969
@@ -84,16 +82,6 @@ def link() -> Iterator[Link]:
 StartInNamespace = Callable[..., ServerProcess]
 
 
-def probe_from_the_client_namespace(link: Link) -> Probe:
-    """Readiness as a client sees it: a real RRQ sent from the client namespace."""
-
-    def probe(address: tuple[str, int], timeout: float) -> bool:
-        command = link.in_client(sys.executable, serverproc.__file__, SERVER_IP, str(PORT), str(timeout))
-        return subprocess.run(command, capture_output=True, check=False).returncode == 0
-
-    return probe
-
-
 @pytest.fixture
 def server_in_ns(link: Link, content: ContentTree, tmp_path: Path) -> Iterator[StartInNamespace]:
     with contextlib.ExitStack() as started:  # every server stopped (by PID), whatever happens
@@ -102,7 +90,8 @@ def server_in_ns(link: Link, content: ContentTree, tmp_path: Path) -> Iterator[S
             def command(host: str, port: int) -> list[str]:
                 return link.in_server(*edgetftp_command([*flags, str(content.root)])(host, port))
 
-            host, probe = listen.rsplit(":", 1)[0], probe_from_the_client_namespace(link)
+            # ready when a client in the client namespace gets a TFTP answer from SERVER_IP
+            host, probe = listen.rsplit(":", 1)[0], probe_through(link.in_client(), to=(SERVER_IP, PORT))
             server = ServerProcess(command=command, host=host, port=PORT, log_dir=tmp_path, probe=probe)
             return started.enter_context(server)
 

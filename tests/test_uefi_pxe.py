@@ -42,7 +42,9 @@ from pathlib import Path
 import pytest
 
 from bench.impairment import ImpairmentProxy, ProxyThread
+from tests import serverproc
 from tests.ipxe.wire import ObservedTransfer, TransferLog
+from tests.serverproc import ServerProcess
 
 OVMF_CANDIDATES = (Path("/usr/share/ovmf/OVMF.fd"), Path("/usr/share/qemu/OVMF.fd"))
 IPXE_EFI = Path("/usr/lib/ipxe/ipxe.efi")
@@ -216,21 +218,15 @@ def dnsmasq_command(namespace: Namespace, lease_file: Path) -> list[str]:
     )
 
 
-def edgetftp_command(namespace: Namespace, root: Path, flags: Sequence[str]) -> list[str]:
-    listen = f"{UPSTREAM[0]}:{UPSTREAM[1]}"
-    # a short drain: the harness ends QEMU mid-boot, and the stop should not wait for its sessions
-    command = [
-        sys.executable,
-        "-m",
-        "edgetftp",
-        "--listen",
-        listen,
-        "--drain-timeout",
-        "1",
-        *flags,
-        str(root),
-    ]
-    return namespace.run_in(*command)
+def edgetftp_in(namespace: Namespace, root: Path, flags: Sequence[str], log_dir: Path) -> ServerProcess:
+    """edgetftp inside the namespace (a 1 s drain: the harness ends QEMU mid-boot, and the stop should not
+    wait for its sessions), ready when an RRQ sent from inside the namespace gets a TFTP answer."""
+
+    def command(host: str, port: int) -> list[str]:
+        return namespace.run_in(*serverproc.edgetftp_command([*flags, str(root)])(host, port))
+
+    probe = serverproc.probe_through(namespace.run_in())
+    return ServerProcess(command=command, host=UPSTREAM[0], port=UPSTREAM[1], log_dir=log_dir, probe=probe)
 
 
 def qemu_command(namespace: Namespace, serial: Path, firmware: Path) -> list[str]:
@@ -359,14 +355,7 @@ def boot_uefi(
                 "DHCP, sockets bound",
             )
         )
-        server = stack.enter_context(
-            running(
-                "edgetftp",
-                edgetftp_command(namespace, content.root, edgetftp_flags),
-                workdir / "edgetftp.log",
-                "serving",
-            )
-        )
+        server = stack.enter_context(edgetftp_in(namespace, content.root, edgetftp_flags, workdir))
         proxy = ImpairmentProxy(
             UPSTREAM, listen=(SERVER_IP, 69), delay_ms=delay_ms, loss=loss, seed=seed, tap=wire
         )
