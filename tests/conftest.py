@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -168,33 +169,36 @@ def _live_children(pid: int) -> list[int]:
     return found
 
 
-def leftovers() -> list[str]:
+def leftover_processes() -> list[int]:
+    """Live processes this run started: a server helper's whole session, or any child of this process."""
+    return sorted({*serverproc.live_started_processes(), *_live_children(os.getpid())})
+
+
+def leftovers(processes: list[int]) -> list[str]:
     """What this run left behind: live processes, files in its TMPDIR, new entries in /tmp."""
-    problems = []
-    for pid in sorted({*serverproc.live_started_processes(), *_live_children(os.getpid())}):
-        problems.append(f"process {pid} still alive: {serverproc.command_line(pid)}")
-    for private in _private_tmp:
-        problems += (
-            [f"left in TMPDIR: {path}" for path in sorted(private.iterdir())] if private.exists() else []
-        )
+    problems = [f"process {pid} still alive: {serverproc.command_line(pid)}" for pid in processes]
+    for private in filter(Path.exists, _private_tmp):
+        problems += [f"left in TMPDIR: {path}" for path in sorted(private.iterdir())]
     if not SHARED_TMP:
-        new = sorted(
-            name
-            for name in {e.name for e in TMP.iterdir()} - _tmp_before
-            if not name.startswith("pytest-of-")
-        )
-        problems += [f"new in /tmp: {TMP / name}" for name in new]
+        new = sorted({entry.name for entry in TMP.iterdir()} - _tmp_before)
+        problems += [f"new in /tmp: {TMP / name}" for name in new if not name.startswith("pytest-of-")]
     return problems
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    problems = leftovers()
+    """Fail the run if it left anything behind; then end the processes it left, each by its PID."""
+    processes = leftover_processes()
+    problems = leftovers(processes)
+    for pid in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     if not problems:
         return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     text = "the test run left things behind:\n  " + "\n  ".join(problems)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
+        reporter.line("")
         reporter.write_sep("=", "leftovers", red=True)
         reporter.write_line(text)
     else:
