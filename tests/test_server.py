@@ -153,9 +153,10 @@ def test_ipv6_blksize_overhead(start_server: StartServer, content: ContentTree) 
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     try:
-        server = start_server("--mtu", "1300", str(content.root), host="::1")
-    except (RuntimeError, OSError) as exc:
+        free_port(host="::1")  # the machine's IPv6 loopback, not edgetftp, decides whether this can run
+    except OSError as exc:
         pytest.skip(f"no IPv6 loopback here: {exc}")
+    server = start_server("--mtu", "1300", str(content.root), host="::1")
     with RawClient(server.address) as client:
         result = client.fetch("big.bin", blksize=1468)
     assert result.oack == {"blksize": "1248"}  # 1300 - 40 (IPv6) - 8 - 4
