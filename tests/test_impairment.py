@@ -69,7 +69,8 @@ class EchoServer:
     def _serve(self) -> None:
         while self._running:
             for key, _ in self._selector.select(timeout=0.05):
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)  # only sockets are registered
                 while True:
                     try:
                         data, peer = sock.recvfrom(65535)
