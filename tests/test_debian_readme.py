@@ -133,6 +133,7 @@ def test_readme_first_command_serves_boot_ipxe_on_stock_debian_12(
 ) -> None:
     command = first_command()
     assert f"--listen 127.0.0.1:{PORT}" in command
+    assert (debian_root / "usr/lib/python3.11/EXTERNALLY-MANAGED").exists()  # Debian's PEP 668 marker
     if not udp_port_is_free(PORT):
         pytest.fail(f"UDP 127.0.0.1:{PORT} is taken by another process: the README's command needs it")
     expected = (REPO / "content/boot.ipxe").read_bytes()
