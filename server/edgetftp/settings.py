@@ -1,26 +1,37 @@
 """Settings: command-line flags and ``EDGETFTP_*`` environment variables, validated at start-up.
 
-The model below is the single description of every setting.  pydantic-settings reads the
-environment; the command line is an argparse parser generated from the same model (``build_parser``)
-so that ``--help`` shows metavars, the environment variable and one default per option, and no flag
-exists that the README does not list.  Flags win over the environment.  Every check that can fail
-does so here, before a socket is bound, with one line that names the setting (see ``load_settings``).
+The pydantic model below is the single description of every setting.  The environment is read for
+exactly the names it documents (``env_names``: ``EDGETFTP_<NAME>``, plus the AWS SDK's own variables
+as fallbacks), and the command line is an argparse parser generated from the same model
+(``build_parser``), so that ``--help`` shows metavars, the environment variable and one default per
+option, and no flag exists that the README does not list.  Flags win over the environment.
+(pydantic-settings did both once; importing it cost more start-up time than the whole server.)
+Every check that can fail does so here, before a socket is bound, with one line that names the
+setting (see ``load_settings``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from edgetftp import __version__
 
@@ -82,10 +93,10 @@ def _meta(metavar: str) -> dict[str, Any]:
     return {"metavar": metavar}
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """edgetftp: a read-only TFTP server for network boot, single-port by default."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+    model_config = ConfigDict(extra="ignore", validate_default=True)
 
     source: str = Field(
         None,  # type: ignore[assignment]  # optional on the command line when EDGETFTP_SOURCE is set
@@ -362,11 +373,20 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
     args = list(sys.argv[1:] if argv is None else argv)
     given = vars(build_parser().parse_args(args))  # only the flags on the command line
     try:
-        return Settings(**given)
+        return Settings(**{**from_environment(os.environ), **given})
     except ValidationError as exc:
         raise SettingsFailure(_describe_validation_error(exc)) from None
-    except SettingsError as exc:  # an environment value pydantic-settings cannot decode
-        raise SettingsFailure(f"invalid environment: {exc}") from None
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings given as environment variables, by field name (the first documented name set)."""
+    values = {}
+    for name, field in Settings.model_fields.items():
+        for env in env_names(name, field):
+            if env in environ:
+                values[name] = environ[env]
+                break
+    return values
 
 
 # --- the command line, generated from the model ---------------------------------------------------
