@@ -174,3 +174,15 @@ def test_a_flag_wins_over_its_variable_and_serves(content: ContentTree) -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_serving_a_directory_loads_no_s3_library() -> None:
+    """Start-up cost: the local path never imports aioboto3, botocore, aiohttp or pydantic-settings."""
+    script = (
+        "import sys, edgetftp.cli, edgetftp.sources.local\n"
+        "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = set(result.stdout.split())
+    assert "edgetftp" in loaded
+    assert not loaded & {"aioboto3", "aiobotocore", "botocore", "boto3", "aiohttp", "pydantic_settings"}
