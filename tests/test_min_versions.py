@@ -44,15 +44,17 @@ def base_lower_bounds() -> dict[str, str]:
 
 
 def test_every_dependency_has_a_lower_bound() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert set(base_lower_bounds()) >= {"pydantic", "loguru", "prometheus-client", "cachetools"}
-    assert set(lower_bounds(project["optional-dependencies"]["s3"])) == {"aioboto3", "botocore", "aiohttp"}
+    assert set(s3_lower_bounds()) == {"aioboto3", "botocore", "aiohttp"}
 
 
-@pytest.fixture(scope="module")
-def min_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scratch = tmp_path_factory.mktemp("min-venv")
-    bounds = base_lower_bounds()
+def s3_lower_bounds() -> dict[str, str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return lower_bounds(project["optional-dependencies"]["s3"])
+
+
+def make_venv(scratch: Path, bounds: dict[str, str]) -> Path:
+    """A venv with exactly ``bounds`` installed (``pip install --constraint``); returns its python."""
     constraints = scratch / "minimums.txt"
     constraints.write_text("".join(f"{name}=={version}\n" for name, version in bounds.items()))
     subprocess.run([sys.executable, "-m", "venv", str(scratch / "venv")], check=True)
@@ -77,6 +79,11 @@ def min_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"no package index reachable: {install.stderr[-300:]}")
     assert install.returncode == 0, f"the lower bounds do not install together:\n{install.stderr[-2000:]}"
     return python
+
+
+@pytest.fixture(scope="module")
+def min_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_venv(tmp_path_factory.mktemp("min-venv"), base_lower_bounds())
 
 
 def test_the_minimums_are_what_got_installed(min_venv: Path) -> None:
@@ -138,3 +145,46 @@ def test_an_s3_source_without_the_extra_is_one_line_and_exit_2(min_venv: Path) -
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_an_s3_source_with_the_lowest_s3_extra_serves_a_file(tmp_path: Path) -> None:
+    s3support = pytest.importorskip("tests.s3support", reason="moto[server] and boto3 are not installed")
+    python = make_venv(tmp_path, {**base_lower_bounds(), **s3_lower_bounds()})
+    data = (REPO / "content/boot.ipxe").read_bytes()
+    port = free_port()
+    with s3support.s3_endpoint() as endpoint:
+        endpoint.create_bucket("bucket")
+        endpoint.put("bucket", "boot/boot.ipxe", data)
+        env = {**os.environ, "PYTHONPATH": str(REPO / "server")}
+        proc = subprocess.Popen(
+            [
+                str(python),
+                "-m",
+                "edgetftp",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--endpoint-url",
+                endpoint.url,
+                "--force-path-style",
+                "s3://bucket/boot/",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+        )
+        try:
+            fetched = None
+            for _ in range(100):
+                with RawClient(("127.0.0.1", port), timeout=0.3) as client:
+                    try:
+                        fetched = client.fetch("boot.ipxe")
+                        break
+                    except TimeoutError:
+                        if proc.poll() is not None:
+                            break
+        finally:
+            proc.terminate()
+            output, _ = proc.communicate(timeout=15)
+    assert fetched is not None and fetched.data == data, output
+    assert proc.returncode == 0, output
