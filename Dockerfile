@@ -19,9 +19,9 @@ RUN apt-get update \
 
 RUN python3 -m venv /venv
 
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md constraints.txt /src/
 COPY server /src/server
-RUN /venv/bin/pip install --no-cache-dir --disable-pip-version-check "/src[s3]"
+RUN /venv/bin/pip install --no-cache-dir --disable-pip-version-check --constraint /src/constraints.txt "/src[s3]"
 
 # Cut what the running server never loads (image 139 MB -> 82 MB, see docs/deploy.md):
 # - botocore ships the model of every AWS service (16 MB here); edgetftp calls S3 only, and the default

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgetftp.settings import Settings
+from edgetftp.settings import Settings, default_text, env_names, metavar, option_flag
 
 
 def settings_rows() -> list[str]:
@@ -10,13 +10,11 @@ def settings_rows() -> list[str]:
     for name, field in Settings.model_fields.items():
         if name == "source":
             continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(field.default, bool):
-            shown = "on" if field.default else "off"
-            flag = f"--no-{name.replace('_', '-')}" if field.default else flag
-        else:
-            shown = "unset" if field.default in (None, "") else str(field.default)
-        rows.append(f"| `{flag}` | `EDGETFTP_{name.upper()}` | {shown} | {field.description} |")
+        flag = option_flag(name, field)
+        if not isinstance(field.default, bool):
+            flag += f" {metavar(name, field)}"
+        envs = ", ".join(f"`{env}`" for env in env_names(name, field))
+        rows.append(f"| `{flag}` | {envs} | {default_text(field)} | {field.description} |")
     return rows
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh Debian 12 machine (as root, or with the tools already
 # installed), then run the linters and the whole test suite.  Extra arguments go to pytest.
+# Python packages go into the project venv .venv/ (never into the system Python: Debian's is
+# "externally managed", PEP 668), pinned by constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,8 @@ APT_PACKAGES=(
   docker.io debootstrap         # image tests against a local engine with stand-in base images
   shellcheck                    # the deployment scripts
   ovmf dnsmasq-base              # UEFI firmware (EDK II's own PXE client) in QEMU, DHCP for it
+  systemd                       # systemd-socket-activate and systemd-analyze (socket activation)
+  python3-venv                  # the project venv below (Debian splits venv out of python3)
 )
 
 missing=()
@@ -32,7 +36,10 @@ if ((${#missing[@]})); then
   fi
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# The project venv (the README's first command makes the same one) with the test tools in it.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check --constraint constraints.txt -e '.[test]'
+export PATH="$PWD/.venv/bin:$PATH"  # python, ruff, mypy and pytest below are the venv's
 
 # checkov pins its own dependencies: keep it in a venv of its own (skipped with a reason if absent).
 if [ ! -x /opt/checkov-venv/bin/checkov ]; then
@@ -53,4 +60,4 @@ fi
 ruff check .
 ruff format --check .
 mypy
-python3 -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider "$@"

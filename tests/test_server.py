@@ -395,9 +395,9 @@ def test_health_metrics_and_json_logs(start_server: StartServer, content: Conten
     assert 'edgetftp_transfers_total{outcome="completed"} 1.0' in metrics
     assert "edgetftp_bytes_sent_total 1024.0" in metrics
     records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    finished = [r for r in records if r["record"]["extra"].get("outcome") == "completed"]
-    assert finished and finished[0]["record"]["extra"]["file"] == "s1024.bin"
-    assert finished[0]["record"]["extra"]["bytes"] == 1024
+    finished = [r for r in records if r.get("tftp.outcome") == "completed"]
+    assert finished and finished[0]["file.path"] == "s1024.bin"
+    assert finished[0]["server.bytes"] == 1024
 
 
 def test_netascii_and_mail_modes(shared_server: ServerProcess, content: ContentTree) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import signal
 import sys
 import time
@@ -128,6 +129,19 @@ async def _check_source(source: Source) -> bool:
         return False
 
 
+S3_EXTRA_MODULES = ("aioboto3", "aiobotocore", "botocore", "aiohttp")
+
+
+def require_s3_extra() -> None:
+    """Fail with one line when the ``s3`` extra is not installed (aioboto3 is imported only later,
+    in the source's start(), where a missing module would end in a traceback)."""
+    missing = [name for name in S3_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise StartupError(
+            f"S3 source needs the s3 extra: pip install -e '.[s3]' ({', '.join(missing)} not installed)"
+        )
+
+
 def _event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
@@ -148,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.debug("settings parsed in {:.3f}s", time.monotonic() - started)
     factory = _event_loop_factory()
     try:
+        if settings.is_s3:
+            require_s3_extra()
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(serve(settings))
     except StartupError as exc:

@@ -1,23 +1,43 @@
 """Settings: command-line flags and ``EDGETFTP_*`` environment variables, validated at start-up.
 
-pydantic-settings parses both (flags win over the environment).  Every check that can fail does so
-here, before a socket is bound, with one line that names the setting (see ``load_settings``).
+The pydantic model below is the single description of every setting.  The environment is read for
+exactly the names it documents (``env_names``: ``EDGETFTP_<NAME>``, plus the AWS SDK's own variables
+as fallbacks), and the command line is an argparse parser generated from the same model
+(``build_parser``), so that ``--help`` shows metavars, the environment variable and one default per
+option, and no flag exists that the README does not list.  Flags win over the environment.
+(pydantic-settings did both once; importing it cost more start-up time than the whole server.)
+Every check that can fail does so here, before a socket is bound, with one line that names the
+setting (see ``load_settings``).
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NoReturn
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict, SettingsError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+
+from edgetftp import __version__
 
 DEFAULT_PORT = 69
+ENV_PREFIX = "EDGETFTP_"
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class PortMode(StrEnum):
@@ -36,8 +56,11 @@ class ListenAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> ListenAddress:
-    """Parse ``HOST:PORT``, ``[v6]:PORT``, a bare host or a bare IPv6 address."""
+def parse_host_port(text: str, default_port: int | None = DEFAULT_PORT) -> ListenAddress:
+    """Parse ``HOST:PORT``, ``[v6]:PORT``, a bare host or a bare IPv6 address.
+
+    With ``default_port=None`` the port is required (a bare host is refused).
+    """
     text = text.strip()
     if not text:
         raise ValueError("empty address")
@@ -54,6 +77,8 @@ def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> ListenAddres
         if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
             raise ValueError(f"port must be 0..65535, got {port_text!r}")
         port = int(port_text)
+    elif default_port is None:
+        raise ValueError(f"missing port in {text!r}: use HOST:PORT or [IPv6]:PORT (TFTP's port is 69)")
     else:
         port = default_port
     if not host:
@@ -63,119 +88,197 @@ def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> ListenAddres
     return ListenAddress(host, port)
 
 
-class Settings(BaseSettings):
+def _meta(metavar: str) -> dict[str, Any]:
+    """Field(json_schema_extra=...) that names the value in --help (``HOST:PORT``, ``SECONDS``)."""
+    return {"metavar": metavar}
+
+
+class Settings(BaseModel):
     """edgetftp: a read-only TFTP server for network boot, single-port by default."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="EDGETFTP_",
-        cli_prog_name="edgetftp",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        cli_hide_none_type=True,
-        cli_avoid_json=True,
-        cli_exit_on_error=False,
-        cli_enforce_required=False,
-        extra="ignore",
-        validate_default=True,
-    )
+    model_config = ConfigDict(extra="ignore", validate_default=True)
 
-    source: CliPositionalArg[str] = Field(
+    source: str = Field(
         None,  # type: ignore[assignment]  # optional on the command line when EDGETFTP_SOURCE is set
-        description="a directory of files to serve, or s3://bucket/prefix/ (env EDGETFTP_SOURCE)",
+        description="a directory of files to serve, or s3://bucket/prefix/",
+        json_schema_extra=_meta("SOURCE"),
     )
 
     # --- network ---
     listen: str = Field(
         "0.0.0.0:69",
-        description="UDP address to serve on: HOST:PORT, [IPv6]:PORT, or a name such as fly-global-services",
+        description="UDP address to serve on: HOST:PORT, [IPv6]:PORT or NAME:PORT (fly-global-services:69)",
+        json_schema_extra=_meta("HOST:PORT"),
     )
     port_mode: Literal["single", "per-transfer"] = Field(
-        "single", description="single: all replies from the listening port; per-transfer: RFC 1350 TIDs"
+        "single",
+        description="single: all replies from the listening port; per-transfer: RFC 1350 TIDs",
+        json_schema_extra=_meta("{single,per-transfer}"),
     )
     mtu: int | None = Field(
         None,
         ge=576,
         le=65535,
         description="path MTU cap for blksize when below the interface's (edge tunnels)",
+        json_schema_extra=_meta("BYTES"),
     )
-    max_blksize: int = Field(65464, ge=512, le=65464, description="largest blksize ever granted")
-    max_window: int = Field(64, ge=1, le=1024, description="largest RFC 7440 windowsize granted")
+    max_blksize: int = Field(
+        65464, ge=512, le=65464, description="largest blksize ever granted", json_schema_extra=_meta("BYTES")
+    )
+    max_window: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="largest RFC 7440 windowsize granted",
+        json_schema_extra=_meta("BLOCKS"),
+    )
     anticipate: int = Field(
         16,
         ge=0,
         le=64,
         description="blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step)",
+        json_schema_extra=_meta("BLOCKS"),
     )
 
     # --- retransmission ---
-    timeout: float = Field(1.0, gt=0.05, le=255, description="seconds before the first retransmission")
-    max_timeout: float = Field(
-        4.0, gt=0.05, le=255, description="cap on the retransmission timeout after backoff"
+    timeout: float = Field(
+        1.0,
+        gt=0.05,
+        le=255,
+        description="seconds before the first retransmission",
+        json_schema_extra=_meta("SECONDS"),
     )
-    retries: int = Field(5, ge=1, le=50, description="retransmissions of one packet before giving up")
+    max_timeout: float = Field(
+        4.0,
+        gt=0.05,
+        le=255,
+        description="cap on the retransmission timeout after backoff",
+        json_schema_extra=_meta("SECONDS"),
+    )
+    retries: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="retransmissions of one packet before giving up",
+        json_schema_extra=_meta("N"),
+    )
 
     # --- limits and policy ---
-    max_sessions: int = Field(2000, ge=1, le=1_000_000, description="concurrent transfers in total")
+    max_sessions: int = Field(
+        2000, ge=1, le=1_000_000, description="concurrent transfers in total", json_schema_extra=_meta("N")
+    )
     max_sessions_per_client: int = Field(
         128,
         ge=1,
         le=1_000_000,
         description="concurrent transfers per client IP address (a lab behind one NAT shares it)",
+        json_schema_extra=_meta("N"),
     )
     client_rate: int = Field(
-        0, ge=0, description="bytes per second sent to one client address, at most (0 = no limit)"
+        0,
+        ge=0,
+        description="bytes per second sent to one client address, at most (0 = no limit)",
+        json_schema_extra=_meta("BYTES/S"),
     )
     allow_extensions: str = Field(
-        "", description="comma-separated file extensions allowed (.ipxe,.efi,.kpxe); empty allows all"
+        "",
+        description="comma-separated file extensions allowed (.ipxe,.efi,.kpxe); unset allows all",
+        json_schema_extra=_meta("EXT[,EXT...]"),
     )
     case_insensitive: bool = Field(
         False, description="match file names case-insensitively (Windows boot files)"
     )
     drain_timeout: float = Field(
-        8.0, ge=0, le=300, description="seconds running transfers get to finish after SIGTERM/SIGINT"
+        8.0,
+        ge=0,
+        le=300,
+        description="seconds running transfers get to finish after SIGTERM/SIGINT",
+        json_schema_extra=_meta("SECONDS"),
     )
 
     # --- observability ---
-    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
-    log_json: bool = Field(False, description="log one JSON object per line")
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO",
+        description="least severe level logged: trace, debug, info, warning or error (any case)",
+        json_schema_extra=_meta("LEVEL"),
+    )
+    log_json: bool = Field(False, description="log one flat JSON object per line (ECS field names)")
     http_listen: str | None = Field(
-        None, description="HOST:PORT for /healthz and /metrics over HTTP (off when unset)"
+        None,
+        description="TCP address for /healthz and /metrics over HTTP (off when unset)",
+        json_schema_extra=_meta("HOST:PORT"),
     )
 
     # --- S3 source ---
     region: str | None = Field(
         None,
         validation_alias=AliasChoices("region", "EDGETFTP_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
-        description="AWS region of the bucket (default: AWS_REGION or the SDK's own lookup)",
+        description="AWS region of the bucket (unset: the AWS SDK's own lookup)",
+        json_schema_extra=_meta("REGION"),
     )
     endpoint_url: str | None = Field(
         None,
         validation_alias=AliasChoices("endpoint_url", "EDGETFTP_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
-        description="S3-compatible endpoint (MinIO, R2, ...); also AWS_ENDPOINT_URL",
+        description="S3-compatible endpoint (MinIO, R2, ...)",
+        json_schema_extra=_meta("URL"),
     )
     force_path_style: bool = Field(False, description="path-style S3 addressing (most S3-compatible stores)")
     dualstack: bool = Field(True, description="use AWS dual-stack endpoints (ignored with --endpoint-url)")
     accelerate: bool = Field(False, description="use S3 Transfer Acceleration endpoints")
-    sign_request: bool = Field(True, description="sign S3 requests; --no-sign-request for public buckets")
+    sign_request: bool = Field(True, description="sign S3 requests (turn off for public buckets)")
     debug_api: bool = Field(False, description="log every S3 API call")
-    s3_timeout: float = Field(5.0, gt=0, le=120, description="seconds for an S3 connect or read")
-    s3_retries: int = Field(3, ge=1, le=10, description="attempts per S3 call (botocore standard retries)")
-    s3_pool: int = Field(64, ge=1, le=1024, description="S3 HTTP connections kept open")
+    s3_timeout: float = Field(
+        5.0, gt=0, le=120, description="seconds for an S3 connect or read", json_schema_extra=_meta("SECONDS")
+    )
+    s3_retries: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="attempts per S3 call (botocore standard retries)",
+        json_schema_extra=_meta("N"),
+    )
+    s3_pool: int = Field(
+        64, ge=1, le=1024, description="S3 HTTP connections kept open", json_schema_extra=_meta("N")
+    )
     cache_bytes: int = Field(
-        256 * 2**20, ge=0, description="bytes of files kept in memory, shared by all transfers (LRU)"
+        256 * 2**20,
+        ge=0,
+        description="bytes of files kept in memory, shared by all transfers (LRU)",
+        json_schema_extra=_meta("BYTES"),
     )
     cache_object_max: int = Field(
-        64 * 2**20, ge=0, description="largest file kept in memory; larger ones are streamed"
+        64 * 2**20,
+        ge=0,
+        description="largest file kept in memory; larger ones are streamed",
+        json_schema_extra=_meta("BYTES"),
     )
-    cache_ttl: float = Field(60.0, ge=0, description="seconds before a cached object is revalidated by ETag")
-    negative_cache_ttl: float = Field(10.0, ge=0, description="seconds a missing key is remembered")
+    cache_ttl: float = Field(
+        60.0,
+        ge=0,
+        description="seconds before a cached object is revalidated by ETag",
+        json_schema_extra=_meta("SECONDS"),
+    )
+    negative_cache_ttl: float = Field(
+        10.0, ge=0, description="seconds a missing key is remembered", json_schema_extra=_meta("SECONDS")
+    )
 
-    @field_validator("listen", "http_listen")
+    @field_validator("listen")
     @classmethod
-    def _check_address(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_host_port(value)
+    def _check_listen(cls, value: str) -> str:
+        parse_listen_list(value)
         return value
+
+    @field_validator("http_listen")
+    @classmethod
+    def _check_http_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_host_port(value, default_port=None)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("allow_extensions")
     @classmethod
@@ -220,8 +323,12 @@ class Settings(BaseSettings):
 
     # --- derived values ---
     @property
+    def listen_addresses(self) -> list[ListenAddress]:
+        return parse_listen_list(self.listen)
+
+    @property
     def listen_address(self) -> ListenAddress:
-        return parse_host_port(self.listen)
+        return self.listen_addresses[0]
 
     @property
     def reply_ports(self) -> PortMode:
@@ -229,7 +336,7 @@ class Settings(BaseSettings):
 
     @property
     def http_address(self) -> ListenAddress | None:
-        return parse_host_port(self.http_listen, default_port=8080) if self.http_listen else None
+        return parse_host_port(self.http_listen, default_port=None) if self.http_listen else None
 
     @property
     def extensions(self) -> frozenset[str]:
@@ -238,6 +345,14 @@ class Settings(BaseSettings):
     @property
     def is_s3(self) -> bool:
         return self.source.lower().startswith("s3://")
+
+
+def parse_listen_list(text: str) -> list[ListenAddress]:
+    """``"HOST:PORT[,HOST:PORT...]"``: one or more UDP addresses, each with its port."""
+    addresses = [parse_host_port(part, default_port=None) for part in text.split(",") if part.strip()]
+    if not addresses:
+        raise ValueError("empty address: use HOST:PORT")
+    return addresses
 
 
 def split_extensions(value: str) -> list[str]:
@@ -251,14 +366,110 @@ class SettingsFailure(Exception):
 
 
 def load_settings(argv: Sequence[str] | None = None) -> Settings:
-    """Parse flags and environment; raise SettingsFailure with one line per bad setting."""
+    """Parse flags and environment; raise SettingsFailure with one line per bad setting.
+
+    ``--help`` and ``--version`` print and exit 0 (argparse's SystemExit).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    given = vars(build_parser().parse_args(args))  # only the flags on the command line
     try:
-        return Settings(_cli_parse_args=args)  # type: ignore[call-arg]
+        return Settings(**{**from_environment(os.environ), **given})
     except ValidationError as exc:
         raise SettingsFailure(_describe_validation_error(exc)) from None
-    except SettingsError as exc:
-        raise SettingsFailure(f"invalid command line: {exc}") from None
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings given as environment variables, by field name (the first documented name set)."""
+    values = {}
+    for name, field in Settings.model_fields.items():
+        for env in env_names(name, field):
+            if env in environ:
+                values[name] = environ[env]
+                break
+    return values
+
+
+# --- the command line, generated from the model ---------------------------------------------------
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (SettingsFailure -> exit 2), not usage plus a message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsFailure(f"invalid command line: {message} (see edgetftp --help)")
+
+
+def option_flag(name: str, field: FieldInfo) -> str:
+    """The one flag of a setting: ``--max-blksize``; a boolean that is on by default: ``--no-dualstack``."""
+    flag = name.replace("_", "-")
+    return f"--no-{flag}" if field.default is True else f"--{flag}"
+
+
+def env_names(name: str, field: FieldInfo) -> list[str]:
+    """The environment variables of a setting, ours first (``AWS_REGION`` is a documented fallback)."""
+    names = [ENV_PREFIX + name.upper()]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        names += [c for c in alias.choices if isinstance(c, str) and c.isupper() and c not in names]
+    return names
+
+
+def default_text(field: FieldInfo) -> str:
+    """The default as the README and --help show it: ``on``/``off``, ``unset``, or the value."""
+    if isinstance(field.default, bool):
+        return "on" if field.default else "off"
+    if field.default in (None, ""):
+        return "unset"
+    return str(field.default)
+
+
+def metavar(name: str, field: FieldInfo) -> str:
+    extra = field.json_schema_extra
+    value = extra.get("metavar") if isinstance(extra, dict) else None
+    return str(value) if value else name.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="edgetftp",
+        description="A read-only TFTP server for network boot (RRQ only), single-port by default.",
+        epilog="Every option is also an environment variable (shown); flags win over the environment. "
+        "A bad value stops the server at start-up with one line naming the setting (exit 2).",
+        allow_abbrev=False,  # no prefix aliases: --list is not --listen
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=34, width=100),
+    )
+    source = Settings.model_fields["source"]
+    parser.add_argument(
+        "source",
+        nargs="?",
+        metavar="SOURCE",
+        default=argparse.SUPPRESS,
+        help=_escape(f"{source.description} (env {ENV_PREFIX}SOURCE)"),
+    )
+    parser.add_argument("--version", action="version", version=f"edgetftp {__version__}")
+    for name, field in Settings.model_fields.items():
+        if name != "source":
+            _add_option(parser, name, field)
+    return parser
+
+
+def _add_option(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
+    flag = option_flag(name, field)
+    envs = ", ".join(env_names(name, field))
+    if isinstance(field.default, bool):
+        action = "store_false" if field.default else "store_true"
+        what = f"turn off: {field.description}" if field.default else field.description
+        text = f"{what} (env {envs}; default: {default_text(field)})"
+        parser.add_argument(flag, dest=name, action=action, default=argparse.SUPPRESS, help=_escape(text))
+        return
+    text = f"{field.description} (env {envs}; default: {default_text(field)})"
+    parser.add_argument(
+        flag, dest=name, metavar=metavar(name, field), default=argparse.SUPPRESS, help=_escape(text)
+    )
+
+
+def _escape(text: str | None) -> str:
+    return (text or "").replace("%", "%%")  # argparse %-formats help texts
 
 
 def _describe_validation_error(exc: ValidationError) -> str:
