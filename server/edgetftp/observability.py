@@ -52,6 +52,23 @@ S3_REQUESTS = Counter("edgetftp_s3_requests", "S3 API calls by operation", ["ope
 S3_ERRORS = Counter(
     "edgetftp_s3_errors", "Failed S3 API calls by operation", ["operation"], registry=REGISTRY
 )
+CACHE_EVENTS = Counter(
+    "edgetftp_cache_events",
+    "Cache events (negative-hit, revalidated, eviction, ...)",
+    ["kind"],
+    registry=REGISTRY,
+)
+SOURCE_ERRORS = Counter(
+    "edgetftp_source_errors",
+    "Failures of the source itself (unavailable, changed)",
+    ["kind"],
+    registry=REGISTRY,
+)
+RESIDENT_BYTES = Gauge(
+    "edgetftp_resident_file_bytes",
+    "File bytes held in memory: the cache plus buffers still pinned by transfers",
+    registry=REGISTRY,
+)
 
 
 def setup_logging(level: str, json: bool) -> None:
@@ -123,6 +140,29 @@ class LogAndMetrics:
     def internal_error(self, where: str, exc: Exception) -> None:
         DROPPED.labels("internal-error").inc()
         logger.opt(exception=exc).error("internal error while handling a {} (server continues)", where)
+
+
+class SourceMetrics:
+    """The sources' observer (sources.base.SourceObserver): their events as Prometheus metrics."""
+
+    def cache_event(self, kind: str) -> None:
+        if kind == "hit":
+            CACHE_HITS.inc()
+        elif kind == "miss":
+            CACHE_MISSES.inc()
+        else:
+            CACHE_EVENTS.labels(kind).inc()
+
+    def store_call(self, operation: str, failed: bool) -> None:
+        S3_REQUESTS.labels(operation).inc()
+        if failed:
+            S3_ERRORS.labels(operation).inc()
+
+    def source_error(self, kind: str) -> None:
+        SOURCE_ERRORS.labels(kind).inc()
+
+    def resident_bytes(self, total: int) -> None:
+        RESIDENT_BYTES.set(total)
 
 
 class _QuietHandler(WSGIRequestHandler):

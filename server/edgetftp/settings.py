@@ -7,6 +7,7 @@ here, before a socket is bound, with one line that names the setting (see ``load
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -168,7 +169,14 @@ class Settings(BaseSettings):
         64 * 2**20, ge=0, description="largest file kept in memory; larger ones are streamed"
     )
     cache_ttl: float = Field(60.0, ge=0, description="seconds before a cached object is revalidated by ETag")
-    negative_cache_ttl: float = Field(10.0, ge=0, description="seconds a missing key is remembered")
+    negative_cache_ttl: float = Field(
+        10.0, ge=0, description="seconds a missing (or forbidden, 403) key is remembered"
+    )
+    s3_start_anyway: bool = Field(
+        False,
+        description="start even when S3 credentials are missing or the bucket does not exist or refuses "
+        "them (/healthz stays unhealthy until S3 answers)",
+    )
 
     @field_validator("listen", "http_listen")
     @classmethod
@@ -190,6 +198,8 @@ class Settings(BaseSettings):
     def _check_source(cls, value: str | None) -> str:
         if value is None:
             raise ValueError("missing: give a directory or s3://bucket/prefix/ (or set EDGETFTP_SOURCE)")
+        if not value.strip():
+            raise ValueError("empty: give a directory or s3://bucket/prefix/ (an empty value is not '.')")
         if "://" in value:
             scheme = value.split("://", 1)[0].lower()
             if scheme != "s3":
@@ -201,6 +211,8 @@ class Settings(BaseSettings):
         root = Path(value)
         if not root.is_dir():
             raise ValueError(f"not a directory: {value}")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise ValueError(f"cannot search and list directory {value} (needs r and x permission)")
         try:
             next(iter(root.iterdir()), None)
         except OSError as exc:

@@ -38,6 +38,7 @@ from edgetftp.sources.base import (
     Content,
     FileNotFound,
     MemoryContent,
+    NullObserver,
     Source,
     SourceChanged,
     SourceError,
@@ -291,7 +292,10 @@ class PinnedContent(MemoryContent):
 class StreamedFile(Content):
     """A file too large to keep resident: pread on the thread pool from the descriptor opened."""
 
-    def __init__(self, fd: int, info: os.stat_result, path: str) -> None:
+    def __init__(
+        self, fd: int, info: os.stat_result, path: str, observer: SourceObserver | None = None
+    ) -> None:
+        self._observer = observer or NullObserver()
         self._fd = fd
         self._identity = _Identity.of(info)
         self._path = path
@@ -303,7 +307,11 @@ class StreamedFile(Content):
             raise SourceUnavailable(f"{self._path}: read after close")
         pending = _pool_submit(self._read_checked, offset, length)
         self._pending = pending
-        return await asyncio.wrap_future(pending)
+        try:
+            return await asyncio.wrap_future(pending)
+        except SourceChanged:
+            self._observer.source_error("changed")
+            raise
 
     def _read_checked(self, offset: int, length: int) -> bytes:
         """pread, checked against the file as opened before and after (runs on the thread pool)."""
@@ -378,6 +386,7 @@ class LocalSource(Source):
         self._root_fd = os.open(self._root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._resolver = _Resolver(self._root_fd, use_openat2=use_openat2, case_insensitive=case_insensitive)
         self._object_max = object_max if cache_bytes <= 0 else min(object_max, cache_bytes)
+        self._observer = observer or NullObserver()
         self.buffers: ResidentBuffers[_FileKey] = ResidentBuffers(cache_bytes, observer)
         self._fills: SingleFlight[_FileKey, Buffer] = SingleFlight()
 
@@ -406,7 +415,7 @@ class LocalSource(Source):
         opened = await _in_pool(self._open_checked, path)
         try:
             if opened.info.st_size > self._object_max:
-                content: Content = StreamedFile(opened.fd, opened.info, path)
+                content: Content = StreamedFile(opened.fd, opened.info, path, self._observer)
                 opened = _Opened(-1, opened.info)  # the descriptor now belongs to the StreamedFile
                 return content
             return PinnedContent(await self._resident(opened, path))
@@ -449,7 +458,11 @@ class LocalSource(Source):
             # The shared fill owns its own descriptor: this caller may go away before it ends.
             return asyncio.wrap_future(_pool_submit(_fill, os.dup(opened.fd), opened.info, path))
 
-        buffer = await self._fills.run(key, start_fill)
+        try:
+            buffer = await self._fills.run(key, start_fill)
+        except SourceChanged:
+            self._observer.source_error("changed")
+            raise
         return self.buffers.put(key, buffer)
 
 
