@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 from loguru import logger
 
+from edgetftp.cli import build_source
 from edgetftp.protocol import OptionAck
 from edgetftp.settings import Settings
 from edgetftp.sources.base import AccessDenied, Content, FileNotFound, SourceUnavailable
@@ -35,11 +36,10 @@ from edgetftp.sources.s3 import (
     S3Source,
     botocore_config,
     parse_s3_url,
-    s3_source_from_settings,
 )
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient
-from tests.s3support import Fault, S3Endpoint, dummy_aws_environment, s3_endpoint
+from tests.s3support import Fault, RecordingObserver, S3Endpoint, dummy_aws_environment, s3_endpoint
 from tests.test_clients import fetch_with
 
 T = TypeVar("T")
@@ -96,9 +96,15 @@ def make_source(
         "s3_timeout": 2.0,
         **overrides,
     }
-    source = s3_source_from_settings(Settings(**options), clock=clock or FakeClock())
+    source = build_source(Settings(**options), clock=clock or FakeClock(), observer=RecordingObserver())
     assert isinstance(source, S3Source)
     return source
+
+
+def events(source: S3Source) -> RecordingObserver:
+    observer = source.cache.observer
+    assert isinstance(observer, RecordingObserver)
+    return observer
 
 
 async def read_all(content: Content, chunk: int = 65536) -> bytes:
@@ -412,7 +418,7 @@ def test_revalidation_by_etag_after_the_ttl(endpoint: S3Endpoint, bucket: str) -
             assert await fetch(source, "menu.ipxe") == old  # within the TTL the cached copy is served
             clock.advance(31)
             assert await fetch(source, "menu.ipxe") == new  # HEAD sees a new ETag: fetched again
-            assert source.cache.stats.revalidated_unchanged == 1
+            assert events(source).cache["revalidated"] == 1
         finally:
             await source.aclose()
 
@@ -636,7 +642,7 @@ def test_outage_serves_cached_objects_and_recovers(endpoint: S3Endpoint, bucket:
             assert time.monotonic() - started < 6  # not a hang (behaviour bound, see above)
             assert await fetch(source, "warm.efi") == warm  # stale-if-error: the cached copy
             assert await fetch(source, "warm.efi") == warm  # ... without asking again at once
-            assert source.cache.stats.stale_served == 1
+            assert events(source).cache["stale-served"] == 1
             endpoint.moto.start()  # same port: S3 is back, with its data
             clock.advance(2)
             assert await fetch(source, "cold.efi") == cold
