@@ -44,7 +44,9 @@ def change_file(path: Path, change: str) -> None:
         os.rename(replacement, path)
 
 
-def fetch_while_changing(server: ServerProcess, name: str, path: Path, change: str) -> tuple[bytes, Error | None]:
+def fetch_while_changing(
+    server: ServerProcess, name: str, path: Path, change: str
+) -> tuple[bytes, Error | None]:
     """Lock-step fetch; the file is changed once the first DATA arrived."""
     received: list[bytes] = []
     with RawClient(server.address, timeout=10) as client:

@@ -95,7 +95,9 @@ def test_exchange_race_through_the_real_server(race_tree: Path, swapper: Counter
                 if result.error is not None:
                     outcome = f"error {result.error.code} {result.error.message}"
                 else:
-                    outcome = {INSIDE: "inside"}.get(result.data, "outside" if b"O" in result.data else "other")
+                    outcome = {INSIDE: "inside"}.get(
+                        result.data, "outside" if b"O" in result.data else "other"
+                    )
                 with lock:
                     outcomes[outcome] += 1
 

@@ -285,7 +285,7 @@ class PinnedContent(MemoryContent):
     """A resident file; holds its Buffer so the registry knows the bytes are still in use."""
 
     def __init__(self, buffer: Buffer) -> None:
-        super().__init__(memoryview(buffer).toreadonly())
+        super().__init__(buffer.view())
         self.buffer = buffer
 
 
@@ -474,7 +474,7 @@ def _fill(fd: int, info: os.stat_result, path: str) -> Buffer:
     """Read the whole file into one Buffer (thread pool); SourceChanged if it changes meanwhile."""
     try:
         buffer = Buffer(info.st_size)
-        view = memoryview(buffer)
+        view = buffer.writable()
         offset = 0
         while offset < info.st_size:
             count = os.preadv(fd, [view[offset:]], offset)

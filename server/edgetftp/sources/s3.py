@@ -327,7 +327,7 @@ class S3Store:
             return buffer
         reader = ObjectReader(self, key, info)
         try:
-            await reader.readinto(memoryview(buffer))
+            await reader.readinto(buffer.writable())
         finally:
             reader.close()
         return buffer
