@@ -116,6 +116,8 @@ class _Resolver:
             maxsize=CASE_INDEX_DIRECTORIES
         )
         self._index_lock = threading.Lock()
+        self._building: dict[tuple[int, int], threading.Lock] = {}
+        self.index_builds = 0  # directory listings made for case-insensitive lookups
 
     @property
     def method(self) -> str:
@@ -216,21 +218,37 @@ class _Resolver:
         try:
             info = os.fstat(fd)
             identity = (info.st_dev, info.st_ino)
+            index = self._fresh_index(identity, info.st_mtime_ns)
+            if index is not None:
+                return index
             with self._index_lock:
-                held = self._indexes.get(identity)
-            if held is not None and held[0] == info.st_mtime_ns:
-                return held[1]
-            index: dict[str, str] = {}
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    index.setdefault(entry.name.casefold(), entry.name)
-            with self._index_lock:
-                self._indexes[identity] = (info.st_mtime_ns, index)
+                building = self._building.setdefault(identity, threading.Lock())
+            with building:  # one listing per directory, however many threads miss at once
+                index = self._fresh_index(identity, info.st_mtime_ns)
+                if index is None:
+                    index = self._list(fd)
+                    with self._index_lock:
+                        self._indexes[identity] = (info.st_mtime_ns, index)
+                        self._building.pop(identity, None)
+                        self.index_builds += 1
             return index
         except OSError:
             return {}
         finally:
             os.close(fd)
+
+    def _fresh_index(self, identity: tuple[int, int], mtime_ns: int) -> dict[str, str] | None:
+        with self._index_lock:
+            held = self._indexes.get(identity)
+        return held[1] if held is not None and held[0] == mtime_ns else None
+
+    @staticmethod
+    def _list(fd: int) -> dict[str, str]:
+        index: dict[str, str] = {}
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                index.setdefault(entry.name.casefold(), entry.name)
+        return index
 
     def _open_directory(self, directory: str) -> int:
         """A readable descriptor of a directory beneath the root (for listing it)."""
@@ -394,6 +412,11 @@ class LocalSource(Source):
     def resolver(self) -> str:
         """How names are confined: "openat2" or "openat walk"."""
         return self._resolver.method
+
+    @property
+    def index_builds(self) -> int:
+        """Directory listings made for case-insensitive lookups (one per directory and mtime)."""
+        return self._resolver.index_builds
 
     def open_now(self, path: str) -> Content | None:
         """The resident copy when it is in memory and still the file on disk; else None.
