@@ -604,7 +604,7 @@ def _classify_probe_failure(exc: BaseException, where: str, timeout: float) -> P
         # GetObject-only credentials (which the README allows) cannot list: S3 is up, serving may work.
         return ProbeResult(True, True, False, f"{where}: reachable, listing denied ({code}; GetObject-only?)")
     if isinstance(exc, TimeoutError):
-        return ProbeResult(False, False, False, f"{where}: no answer within {timeout:g}s")
+        return ProbeResult(False, False, False, f"{where}: unreachable (no answer within {timeout:g}s)")
     if code is not None:
         return ProbeResult(True, False, False, f"{where}: S3 answered {code}")
     return ProbeResult(False, False, False, f"{where}: unreachable ({name}: {exc})")
