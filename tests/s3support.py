@@ -219,6 +219,9 @@ class _ProxyServer(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.proxy = proxy
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away mid-request (a stopped server, a timeout) is normal here
+
 
 class _ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like a real S3 endpoint

@@ -293,3 +293,31 @@ def metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_sigterm_drains_at_once_while_a_health_check_hangs(
+    endpoint: S3Endpoint, bucket: str, tmp_path: Path
+) -> None:
+    """Unreachable at start (rechecked every second), then S3 hangs: SIGTERM does not wait for it."""
+    endpoint.proxy.inject(Fault("reset"))
+    server = ServerProcess(
+        [
+            *("--endpoint-url", endpoint.url, "--force-path-style", "--s3-timeout", "20"),
+            f"s3://{bucket}/boot/",
+        ]
+    )
+    try:
+        endpoint.proxy.clear_faults()
+        hang = endpoint.proxy.inject(Fault("delay", seconds=60.0))
+        deadline = time.monotonic() + 10
+        while hang.hits == 0:  # a periodic check has reached the endpoint and now hangs
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(15)
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    print(f"SIGTERM during a hung health check: exited {server.proc.returncode} after {elapsed:.2f} s")
+    assert server.proc.returncode == 0 and elapsed < 10  # the check alone would hang 20 s
