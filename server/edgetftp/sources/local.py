@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import errno
 import os
@@ -213,7 +214,7 @@ class _Resolver:
         """{lower-cased name: name} of a directory beneath the root, rebuilt when its mtime changes."""
         try:
             fd = self._open_directory(directory)
-        except SourceError:
+        except (SourceError, OSError):
             return {}
         try:
             info = os.fstat(fd)
@@ -355,9 +356,14 @@ class StreamedFile(Content):
             return
         pending = self._pending
         if pending is not None and not pending.done():
-            pending.add_done_callback(lambda _: os.close(fd))  # a pread still uses it
+            pending.add_done_callback(lambda _: _close_quietly(fd))  # a pread still uses it
         else:
-            os.close(fd)
+            _close_quietly(fd)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 _POOL_LOCK = threading.Lock()
@@ -479,7 +485,11 @@ class LocalSource(Source):
 
         def start_fill() -> asyncio.Future[Buffer]:
             # The shared fill owns its own descriptor: this caller may go away before it ends.
-            return asyncio.wrap_future(_pool_submit(_fill, os.dup(opened.fd), opened.info, path))
+            try:
+                fd = os.dup(opened.fd)
+            except OSError as exc:  # EMFILE: out of descriptors
+                raise SourceUnavailable(f"cannot read {path!r}: {exc.strerror}") from exc
+            return asyncio.wrap_future(_pool_submit(_fill, fd, opened.info, path))
 
         try:
             buffer = await self._fills.run(key, start_fill)
