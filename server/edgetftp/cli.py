@@ -123,7 +123,9 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     source = build_source(settings, observer=SourceMetrics())
     starting = asyncio.ensure_future(start_source(settings, source))
-    await asyncio.wait([starting, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
     if not starting.done():  # SIGTERM while S3 was being contacted: stop now
         starting.cancel()
         await source.aclose()
