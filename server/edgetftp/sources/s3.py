@@ -345,6 +345,7 @@ class S3Store:
             etag = str(response.get("ETag", info.etag))
             if length != info.size - start or (info.etag and etag != info.etag):
                 body.close()
+                self._observer.source_error("changed")
                 raise ObjectChanged(
                     f"{self._where(key)}: expected {info.size - start} bytes of {info.etag}, "
                     f"got {length} of {etag}"
