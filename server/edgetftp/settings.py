@@ -169,9 +169,7 @@ class Settings(BaseSettings):
         64 * 2**20, ge=0, description="largest file kept in memory; larger ones are streamed"
     )
     cache_ttl: float = Field(60.0, ge=0, description="seconds before a cached object is revalidated by ETag")
-    negative_cache_ttl: float = Field(
-        10.0, ge=0, description="seconds a missing (or forbidden, 403) key is remembered"
-    )
+    negative_cache_ttl: float = Field(10.0, ge=0, description="seconds a missing key is remembered")
     s3_start_anyway: bool = Field(
         False,
         description="start even when S3 credentials are missing or the bucket does not exist or refuses "
