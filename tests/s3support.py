@@ -8,6 +8,7 @@ TCP/HTTP events.  Test data is written straight to moto, so it does not show in 
 
 from __future__ import annotations
 
+import collections
 import http.client
 import os
 import socket
@@ -57,6 +58,28 @@ def dummy_aws_environment() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+class RecordingObserver:
+    """A SourceObserver that keeps what a source reported, for assertions."""
+
+    def __init__(self) -> None:
+        self.cache: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[tuple[str, bool]] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.resident: list[int] = []
+
+    def cache_event(self, kind: str) -> None:
+        self.cache[kind] += 1
+
+    def store_call(self, operation: str, failed: bool) -> None:
+        self.calls[(operation, failed)] += 1
+
+    def source_error(self, kind: str) -> None:
+        self.errors[kind] += 1
+
+    def resident_bytes(self, total: int) -> None:
+        self.resident.append(total)
 
 
 # --- moto ---
@@ -115,6 +138,7 @@ class Fault:
 
     kind: FaultKind
     status: int = 503  # "status": answer this instead of forwarding
+    code: str = "InjectedFault"  # "status": the S3 error code in the answer's body
     seconds: float = 30.0  # "delay": hold the request this long before forwarding
     after_bytes: int = 0  # "truncate": body bytes sent before the connection ends early
     with_reset: bool = False  # "truncate": end it with a RST (unread data is lost) instead of a FIN
@@ -195,6 +219,9 @@ class _ProxyServer(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.proxy = proxy
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away mid-request (a stopped server, a timeout) is normal here
+
 
 class _ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like a real S3 endpoint
@@ -235,7 +262,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._reset()
             return
         if fault is not None and fault.kind == "status":
-            self._answer_status(fault.status)
+            self._answer_status(fault.status, fault.code)
             return
         if fault is not None and fault.kind == "delay":
             proxy._wake.wait(fault.seconds)
@@ -271,9 +298,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         finally:
             upstream.close()
 
-    def _answer_status(self, status: int) -> None:
+    def _answer_status(self, status: int, code: str) -> None:
         body = (
-            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InjectedFault</Code>"
+            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
             f"<Message>injected {status}</Message></Error>"
         ).encode()
         self.send_response(status)

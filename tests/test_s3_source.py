@@ -23,9 +23,10 @@ from typing import Any, TypeVar
 import pytest
 from loguru import logger
 
+from edgetftp.cli import build_source
 from edgetftp.protocol import OptionAck
 from edgetftp.settings import Settings
-from edgetftp.sources.base import AccessDenied, Content, FileNotFound, SourceUnavailable
+from edgetftp.sources.base import AccessDenied, Content, FileNotFound, SourceChanged, SourceUnavailable
 from edgetftp.sources.cache import ObjectChanged
 from edgetftp.sources.s3 import (
     HEALTH_FRESH_SECONDS,
@@ -35,11 +36,10 @@ from edgetftp.sources.s3 import (
     S3Source,
     botocore_config,
     parse_s3_url,
-    s3_source_from_settings,
 )
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient
-from tests.s3support import Fault, S3Endpoint, dummy_aws_environment, s3_endpoint
+from tests.s3support import Fault, RecordingObserver, S3Endpoint, dummy_aws_environment, s3_endpoint
 from tests.test_clients import fetch_with
 
 pytestmark = pytest.mark.integration
@@ -98,9 +98,15 @@ def make_source(
         "s3_timeout": 2.0,
         **overrides,
     }
-    source = s3_source_from_settings(Settings(**options), clock=clock or FakeClock())
+    source = build_source(Settings(**options), clock=clock or FakeClock(), observer=RecordingObserver())
     assert isinstance(source, S3Source)
     return source
+
+
+def events(source: S3Source) -> RecordingObserver:
+    observer = source.cache.observer
+    assert isinstance(observer, RecordingObserver)
+    return observer
 
 
 async def read_all(content: Content, chunk: int = 65536) -> bytes:
@@ -394,6 +400,62 @@ def test_missing_keys_are_remembered_for_the_negative_ttl(endpoint: S3Endpoint, 
     assert endpoint.proxy.count("GET") == 1
 
 
+def test_forbidden_keys_are_remembered_for_the_negative_ttl(endpoint: S3Endpoint, bucket: str) -> None:
+    """GetObject-only credentials get a 403, not a 404, for a missing key: remembered all the same."""
+    clock = FakeClock()
+    endpoint.proxy.inject(Fault("status", status=403, methods=frozenset({"HEAD"})))
+
+    async def scenario() -> None:
+        source = make_source(endpoint, bucket, clock=clock, negative_cache_ttl=10)
+        await source.start()
+        try:
+            for round_ in range(40):
+                for index in range(5):
+                    with pytest.raises(AccessDenied):
+                        await source.open(f"missing-{index}.efi")
+                    if round_:
+                        with pytest.raises(AccessDenied):
+                            source.open_now(f"missing-{index}.efi")  # without a task
+            assert endpoint.proxy.count("HEAD") == 5  # 200 opens for 5 names: 5 HEADs
+            clock.advance(11)
+            with pytest.raises(AccessDenied):
+                await source.open("missing-0.efi")  # the TTL ran out: asked again
+            assert endpoint.proxy.count("HEAD") == 6
+        finally:
+            await source.aclose()
+
+    run(scenario)
+
+
+def test_every_ranged_get_is_pinned_to_the_etag(endpoint: S3Endpoint, bucket: str) -> None:
+    """Resumed streams carry If-Match too; an object replaced mid-stream ends in SourceChanged."""
+    old, new = payload(3 * MiB, 21), payload(3 * MiB, 22)
+    endpoint.put(bucket, "boot/k", old)
+    endpoint.proxy.inject(
+        Fault("truncate", after_bytes=400_000, with_reset=True, methods=frozenset({"GET"}), times=2)
+    )
+
+    async def scenario() -> None:
+        source = make_source(endpoint, bucket, cache_bytes=MiB, cache_object_max=MiB)
+        await source.start()
+        try:
+            content = await source.open("k")
+            assert await content.read(0, 2 * MiB) == old[: 2 * MiB]  # through two broken streams
+            endpoint.put(bucket, "boot/k", new)
+            content2 = await source.open("k")  # fresh metadata: still the old version's ETag
+            with pytest.raises(SourceChanged) as caught:
+                await content2.read(MiB, 65536)  # a new GET from another offset: 412 from If-Match
+            assert caught.value.public_message == "File changed"
+            await content.aclose()
+            await content2.aclose()
+        finally:
+            await source.aclose()
+
+    run(scenario)
+    gets = [r for r in endpoint.proxy.requests() if r.method == "GET"]
+    assert len(gets) >= 4 and all(r.if_match and r.if_match == gets[0].if_match for r in gets)
+
+
 def test_revalidation_by_etag_after_the_ttl(endpoint: S3Endpoint, bucket: str) -> None:
     clock = FakeClock()
     old, new = payload(200_000, 6), payload(150_000, 7)
@@ -414,7 +476,7 @@ def test_revalidation_by_etag_after_the_ttl(endpoint: S3Endpoint, bucket: str) -
             assert await fetch(source, "menu.ipxe") == old  # within the TTL the cached copy is served
             clock.advance(31)
             assert await fetch(source, "menu.ipxe") == new  # HEAD sees a new ETag: fetched again
-            assert source.cache.stats.revalidated_unchanged == 1
+            assert events(source).cache["revalidated"] == 1
         finally:
             await source.aclose()
 
@@ -638,7 +700,7 @@ def test_outage_serves_cached_objects_and_recovers(endpoint: S3Endpoint, bucket:
             assert time.monotonic() - started < 6  # not a hang (behaviour bound, see above)
             assert await fetch(source, "warm.efi") == warm  # stale-if-error: the cached copy
             assert await fetch(source, "warm.efi") == warm  # ... without asking again at once
-            assert source.cache.stats.stale_served == 1
+            assert events(source).cache["stale-served"] == 1
             endpoint.moto.start()  # same port: S3 is back, with its data
             clock.advance(2)
             assert await fetch(source, "cold.efi") == cold

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from loguru import logger
 
 from edgetftp import __version__
 from edgetftp.netutil import AddressError, format_address
-from edgetftp.observability import HealthServer, LogAndMetrics, setup_logging
+from edgetftp.observability import HealthServer, LogAndMetrics, SourceMetrics, setup_logging
 from edgetftp.policy import PathPolicy
 from edgetftp.protocol.transfer import TransferConfig
 from edgetftp.settings import Settings, SettingsFailure, load_settings
-from edgetftp.sources.base import Source
+from edgetftp.sources.base import Source, SourceObserver, SourceUnavailable
 from edgetftp.transport import ServerConfig, TftpServer
 
 HEALTH_CHECK_INTERVAL = 10.0  # seconds between source checks for /healthz
+HEALTH_RETRY_INTERVAL = 1.0  # seconds between checks while the source is unhealthy
 
 
 class StartupError(Exception):
@@ -51,39 +51,95 @@ def server_config(settings: Settings) -> ServerConfig:
     )
 
 
-def build_source(settings: Settings) -> Source:
+def build_source(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    observer: SourceObserver | None = None,
+) -> Source:
+    """The source for ``settings.source``; the one place Settings become source options."""
     if settings.is_s3:
         try:
-            from edgetftp.sources.s3 import s3_source_from_settings
+            from edgetftp.sources.cache import CacheLimits
+            from edgetftp.sources.s3 import S3Options, build_s3_source
         except ImportError as exc:
             raise StartupError(f"S3 source needs aioboto3: pip install 'edgetftp[s3]' ({exc})") from None
-        return s3_source_from_settings(settings)
+        options = S3Options(
+            region=settings.region,
+            endpoint_url=settings.endpoint_url,
+            force_path_style=settings.force_path_style,
+            dualstack=settings.dualstack,
+            accelerate=settings.accelerate,
+            sign_request=settings.sign_request,
+            debug_api=settings.debug_api,
+            timeout=settings.s3_timeout,
+            retries=settings.s3_retries,
+            pool=settings.s3_pool,
+        )
+        limits = CacheLimits(
+            cache_bytes=settings.cache_bytes,
+            object_max=settings.cache_object_max,
+            ttl=settings.cache_ttl,
+            negative_ttl=settings.negative_cache_ttl,
+        )
+        return build_s3_source(settings.source, options, limits, clock=clock, observer=observer)
     from edgetftp.sources.local import LocalSource
 
-    return LocalSource(
-        settings.source,
-        case_insensitive=settings.case_insensitive,
-        resident_bytes=settings.cache_bytes,
-        resident_max=settings.cache_object_max,
-    )
+    try:
+        return LocalSource(
+            settings.source,
+            case_insensitive=settings.case_insensitive,
+            cache_bytes=settings.cache_bytes,
+            object_max=settings.cache_object_max,
+            observer=observer,
+        )
+    except OSError as exc:
+        detail = f"cannot open {settings.source}: {exc.strerror}"
+        raise StartupError(f"invalid SOURCE (EDGETFTP_SOURCE): {detail}") from None
+
+
+async def start_source(settings: Settings, source: Source) -> bool:
+    """Start the source and make first contact; returns whether it is healthy now.
+
+    Raises StartupError (exit 2, one line) for what the user must fix: an S3 endpoint or region
+    botocore refuses, no credentials, a bucket that does not exist or refuses the credentials --
+    unless ``--s3-start-anyway``.  An unreachable endpoint starts the server, unhealthy.
+    """
+    try:
+        await source.start()
+    except SourceUnavailable as exc:
+        raise StartupError(f"invalid S3 settings (--endpoint-url, --region, ...): {exc}") from None
+    status = await source.first_contact()
+    if status.fatal and not settings.s3_start_anyway:
+        await source.aclose()
+        raise StartupError(f"{status.detail} (--s3-start-anyway starts regardless)")
+    return status.healthy
 
 
 async def serve(settings: Settings) -> int:
     """Run the server until a signal; returns the process exit code."""
     loop = asyncio.get_running_loop()
-    source = build_source(settings)
-    await source.start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    source = build_source(settings, observer=SourceMetrics())
+    starting = asyncio.ensure_future(start_source(settings, source))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():  # SIGTERM while S3 was being contacted: stop now
+        starting.cancel()
+        await source.aclose()
+        return 0
+    health_state = {"ok": starting.result()}
     server = TftpServer(server_config(settings), source, LogAndMetrics())
     try:
         server.start()
     except AddressError as exc:
         await source.aclose()
         raise StartupError(f"invalid setting --listen (EDGETFTP_LISTEN): {exc}") from None
-    source_ok = True
-    health = _start_health(settings, lambda: server.serving and source_ok)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    health = _start_health(settings, lambda: server.serving and health_state["ok"])
+    checker = asyncio.ensure_future(_watch_source(source, health_state, settings.s3_timeout))
     assert server.local_address is not None
     logger.info(
         "edgetftp {} serving {} on udp {} ({} port mode)",
@@ -92,11 +148,8 @@ async def serve(settings: Settings) -> int:
         format_address(server.local_address),
         settings.port_mode,
     )
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), HEALTH_CHECK_INTERVAL)
-        if not stop.is_set():
-            source_ok = await _check_source(source)
+    await stop.wait()
+    checker.cancel()  # a hung health check must not delay the drain
     logger.info("draining {} transfers (up to {}s)", server.active_sessions, settings.drain_timeout)
     aborted = await server.drain(settings.drain_timeout)
     server.close()
@@ -105,6 +158,16 @@ async def serve(settings: Settings) -> int:
     await source.aclose()
     logger.info("stopped ({} transfers aborted at the drain deadline)", aborted)
     return 0
+
+
+async def _watch_source(source: Source, state: dict[str, bool], timeout: float) -> None:
+    """Keep ``state["ok"]`` current for /healthz: every interval, every second while unhealthy."""
+    while True:
+        await asyncio.sleep(HEALTH_CHECK_INTERVAL if state["ok"] else HEALTH_RETRY_INTERVAL)
+        healthy = await _check_source(source, timeout)
+        if healthy != state["ok"]:
+            logger.log("INFO" if healthy else "WARNING", "source {}", "healthy" if healthy else "unhealthy")
+        state["ok"] = healthy
 
 
 def _start_health(settings: Settings, is_healthy: object) -> HealthServer | None:
@@ -121,9 +184,9 @@ def _start_health(settings: Settings, is_healthy: object) -> HealthServer | None
     return health
 
 
-async def _check_source(source: Source) -> bool:
+async def _check_source(source: Source, timeout: float) -> bool:
     try:
-        return await asyncio.wait_for(source.check(), 5.0)
+        return await asyncio.wait_for(source.check(), timeout + 1.0)  # the source bounds itself first
     except Exception as exc:
         logger.warning("source check failed: {}", exc)
         return False

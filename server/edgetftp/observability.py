@@ -67,6 +67,23 @@ S3_REQUESTS = Counter("edgetftp_s3_requests", "S3 API calls by operation", ["ope
 S3_ERRORS = Counter(
     "edgetftp_s3_errors", "Failed S3 API calls by operation", ["operation"], registry=REGISTRY
 )
+CACHE_EVENTS = Counter(
+    "edgetftp_cache_events",
+    "Cache events (negative-hit, revalidated, eviction, ...)",
+    ["kind"],
+    registry=REGISTRY,
+)
+SOURCE_ERRORS = Counter(
+    "edgetftp_source_errors",
+    "Failures of the source itself (unavailable, changed)",
+    ["kind"],
+    registry=REGISTRY,
+)
+RESIDENT_BYTES = Gauge(
+    "edgetftp_resident_file_bytes",
+    "File bytes held in memory: the cache plus buffers still pinned by transfers",
+    registry=REGISTRY,
+)
 
 
 ECS_VERSION = "8.11.0"
@@ -280,6 +297,29 @@ def transfer_fields(peer: tuple[str, int], event: TransferEnded, outcome: Outcom
     if event.reason:
         fields["event.reason"] = event.reason
     return fields
+
+
+class SourceMetrics:
+    """The sources' observer (sources.base.SourceObserver): their events as Prometheus metrics."""
+
+    def cache_event(self, kind: str) -> None:
+        if kind == "hit":
+            CACHE_HITS.inc()
+        elif kind == "miss":
+            CACHE_MISSES.inc()
+        else:
+            CACHE_EVENTS.labels(kind).inc()
+
+    def store_call(self, operation: str, failed: bool) -> None:
+        S3_REQUESTS.labels(operation).inc()
+        if failed:
+            S3_ERRORS.labels(operation).inc()
+
+    def source_error(self, kind: str) -> None:
+        SOURCE_ERRORS.labels(kind).inc()
+
+    def resident_bytes(self, total: int) -> None:
+        RESIDENT_BYTES.set(total)
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -261,6 +261,11 @@ class Settings(BaseModel):
     negative_cache_ttl: float = Field(
         10.0, ge=0, description="seconds a missing key is remembered", json_schema_extra=_meta("SECONDS")
     )
+    s3_start_anyway: bool = Field(
+        False,
+        description="start even when S3 credentials are missing or the bucket does not exist or refuses "
+        "them (/healthz stays unhealthy until S3 answers)",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -293,6 +298,8 @@ class Settings(BaseModel):
     def _check_source(cls, value: str | None) -> str:
         if value is None:
             raise ValueError("missing: give a directory or s3://bucket/prefix/ (or set EDGETFTP_SOURCE)")
+        if not value.strip():
+            raise ValueError("empty: give a directory or s3://bucket/prefix/ (an empty value is not '.')")
         if "://" in value:
             scheme = value.split("://", 1)[0].lower()
             if scheme != "s3":
@@ -304,6 +311,8 @@ class Settings(BaseModel):
         root = Path(value)
         if not root.is_dir():
             raise ValueError(f"not a directory: {value}")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise ValueError(f"cannot search and list directory {value} (needs r and x permission)")
         try:
             next(iter(root.iterdir()), None)
         except OSError as exc:

@@ -5,8 +5,11 @@ from edgetftp.sources.base import (
     Content,
     FileNotFound,
     MemoryContent,
+    NullObserver,
     Source,
+    SourceChanged,
     SourceError,
+    SourceObserver,
     SourceUnavailable,
 )
 
@@ -15,7 +18,10 @@ __all__ = [
     "Content",
     "FileNotFound",
     "MemoryContent",
+    "NullObserver",
     "Source",
+    "SourceChanged",
     "SourceError",
+    "SourceObserver",
     "SourceUnavailable",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Protocol
 
 from edgetftp.protocol.codes import ErrorCode
 
@@ -35,6 +36,44 @@ class AccessDenied(SourceError):
 
 class SourceUnavailable(SourceError):
     """The backing store failed or timed out; the client gets a generic ERROR 0."""
+
+
+class SourceChanged(SourceUnavailable):
+    """The file changed while it was being served (truncated, overwritten, grown, a new ETag)."""
+
+    public_message = "File changed"
+
+
+class SourceObserver(Protocol):
+    """What a source reports for metrics; cli.py wires it to Prometheus (sources never import it)."""
+
+    def cache_event(self, kind: str) -> None:
+        """One cache event: hit, miss, negative-hit, revalidated, stale-served, fetch, eviction."""
+
+    def store_call(self, operation: str, failed: bool) -> None:
+        """One call to the backing store (an S3 API call), and whether it failed."""
+
+    def source_error(self, kind: str) -> None:
+        """A failure of the store itself (unavailable, changed, denied-credentials), not of a request."""
+
+    def resident_bytes(self, total: int) -> None:
+        """File bytes held in memory now: the cache plus buffers still pinned by transfers."""
+
+
+class NullObserver:
+    """The observer of a source nobody watches (tests, tools)."""
+
+    def cache_event(self, kind: str) -> None:
+        pass
+
+    def store_call(self, operation: str, failed: bool) -> None:
+        pass
+
+    def source_error(self, kind: str) -> None:
+        pass
+
+    def resident_bytes(self, total: int) -> None:
+        pass
 
 
 class Content(abc.ABC):
@@ -69,6 +108,18 @@ class MemoryContent(Content):
         return bytes(self.data[offset : offset + length])
 
 
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """What a source found at start-up (``Source.first_contact``)."""
+
+    healthy: bool
+    """It can serve now (drives /healthz from the first second)."""
+    fatal: bool = False
+    """A configuration error: the server refuses to start unless told to start anyway."""
+    detail: str = ""
+    """One line for the log (and for the exit message when fatal)."""
+
+
 class Source(abc.ABC):
     """A read-only tree of files."""
 
@@ -89,6 +140,10 @@ class Source(abc.ABC):
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Acquire long-lived resources (clients, pools) before the server takes requests."""
+
+    async def first_contact(self) -> SourceStatus:
+        """Check, once at start-up after ``start``, that the store can be reached (logs one line each)."""
+        return SourceStatus(healthy=True)
 
     async def check(self) -> bool:
         """True while the source answers (for /healthz)."""

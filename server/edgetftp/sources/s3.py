@@ -11,7 +11,15 @@ the server answers.  Then:
   (``If-Match``) so a resumed stream cannot splice two versions.
 
 aioboto3, botocore and aiohttp are imported only in ``S3Store.start`` and the helpers it calls, so
-a server that serves a local directory never loads them.
+a server that serves a local directory never loads them.  This module knows nothing of Settings:
+cli.py maps them to ``S3Options`` and ``CacheLimits`` and calls ``build_s3_source``.
+
+Timeouts (one name each; docs/source-timeouts.md has the table):
+
+- ``S3Options.timeout`` (``--s3-timeout``): botocore's connect and read timeouts, the wait for one
+  chunk of a body stream, and the start-up/health probe.
+- ``S3Options.call_deadline`` = 2 x timeout: one API call with botocore's retries included.
+- ``RESUME_ATTEMPTS``: a broken body stream is reopened this many times without progress.
 """
 
 from __future__ import annotations
@@ -22,29 +30,33 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loguru import logger
 
-from edgetftp.observability import S3_ERRORS, S3_REQUESTS
 from edgetftp.sources.base import (
     AccessDenied,
     Content,
     FileNotFound,
     MemoryContent,
+    NullObserver,
     Source,
     SourceError,
+    SourceObserver,
+    SourceStatus,
     SourceUnavailable,
 )
-from edgetftp.sources.cache import CacheLimits, EdgeCache, ObjectChanged, ObjectInfo, Resolved
-
-if TYPE_CHECKING:
-    from edgetftp.settings import Settings
+from edgetftp.sources.cache import Buffer, CacheLimits, EdgeCache, ObjectChanged, ObjectInfo, Resolved
 
 #: S3 error codes (or bare HTTP statuses, which is all a HEAD gets) and what they mean for the client.
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidObjectState"})
 CHANGED_CODES = frozenset({"PreconditionFailed", "412"})
+#: Error codes that say the credentials themselves are wrong (not merely without a permission).
+BAD_CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
+)
+NO_BUCKET_CODES = frozenset({"NoSuchBucket"})
 
 #: Times a broken body stream is reopened (with Range from the current offset) without progress.
 RESUME_ATTEMPTS = 3
@@ -52,8 +64,6 @@ RESUME_ATTEMPTS = 3
 FETCH_CHUNK = 1 << 20
 #: A successful S3 answer this recent makes /healthz true without a request.
 HEALTH_FRESH_SECONDS = 10.0
-#: Upper bound on the time /healthz spends asking S3.
-HEALTH_TIMEOUT = 2.0
 
 EMPTY = memoryview(b"")
 
@@ -181,9 +191,25 @@ def map_error(exc: BaseException, where: str) -> SourceError:
 
 
 def _is_answer(exc: BaseException) -> bool:
-    """S3 answered (a 4xx about a key): it is up, even if this key is not there."""
+    """S3 answered about a key (404, 412): it is up, even if this key is not there.
+
+    A 403 does not count: wrong credentials get a 403 for everything, and must not look healthy.
+    """
     code = _error_code(exc)
-    return code is not None and code in NOT_FOUND_CODES | DENIED_CODES | CHANGED_CODES
+    return code is not None and code in NOT_FOUND_CODES | CHANGED_CODES
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What one cheap call (ListObjectsV2, MaxKeys=1, on the prefix) says about the bucket."""
+
+    answered: bool
+    """S3 answered at all (the endpoint is reachable)."""
+    healthy: bool
+    """Files can be served as far as this call tells."""
+    fatal: bool
+    """A configuration error the user must fix: no such bucket, credentials refused, none found."""
+    detail: str
 
 
 @functools.cache
@@ -221,11 +247,18 @@ class S3Store:
     """The S3 calls edgetftp makes (HEAD, ranged GET, HEAD bucket), with timeouts and error mapping."""
 
     def __init__(
-        self, bucket: str, options: S3Options, *, clock: Callable[[], float] = time.monotonic
+        self,
+        bucket: str,
+        options: S3Options,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        observer: SourceObserver | None = None,
     ) -> None:
         self.bucket = bucket
         self.options = options
         self._clock = clock
+        self._observer = observer or NullObserver()
+        self._session: Any = None
         self._client: Any = None
         self._exits = contextlib.AsyncExitStack()
         self._download_slots = asyncio.Semaphore(options.download_slots)
@@ -237,6 +270,7 @@ class S3Store:
         import aioboto3  # here, not at module level: local serving never pays for it
 
         session = aioboto3.Session(region_name=self.options.region)
+        self._session = session
         try:
             self._client = await self._exits.enter_async_context(
                 session.client(
@@ -246,6 +280,38 @@ class S3Store:
         except Exception as exc:  # botocore rejects some combinations (accelerate + path style, ...)
             raise SourceUnavailable(f"cannot create the S3 client: {type(exc).__name__}: {exc}") from exc
 
+    async def credentials_source(self) -> str | None:
+        """Where the default chain found credentials ("env", "iam-role", ...), or None if nowhere."""
+        if not self.options.sign_request:
+            return "none needed (--no-sign-request)"
+        if self._session is None:
+            return None
+        try:
+            async with asyncio.timeout(self.options.timeout):
+                credentials = await self._session.get_credentials()
+        except Exception as exc:  # a broken profile or metadata endpoint: say so, as "not found"
+            logger.warning("looking up S3 credentials failed: {}: {}", type(exc).__name__, exc)
+            return None
+        return None if credentials is None else str(getattr(credentials, "method", "found"))
+
+    async def probe(self, prefix: str) -> ProbeResult:
+        """One ListObjectsV2 (MaxKeys=1) on the prefix, bounded by ``options.timeout``."""
+        if self._client is None:
+            return ProbeResult(False, False, False, "the S3 client is not started")
+        where = f"s3://{self.bucket}/{prefix}"
+        try:
+            async with asyncio.timeout(self.options.timeout):
+                await self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        except Exception as exc:
+            self._observer.store_call("list_objects_v2", True)
+            result = _classify_probe_failure(exc, where, self.options.timeout)
+            if result.answered and result.healthy:
+                self._last_answer = self._clock()
+            return result
+        self._observer.store_call("list_objects_v2", False)
+        self._last_answer = self._clock()
+        return ProbeResult(True, True, False, f"{where} reachable")
+
     async def aclose(self) -> None:
         self._client = None
         await self._exits.aclose()
@@ -254,17 +320,17 @@ class S3Store:
         response = await self._call("head_object", key, Key=key)
         return ObjectInfo(size=int(response["ContentLength"]), etag=str(response.get("ETag", "")))
 
-    async def fetch(self, key: str, info: ObjectInfo) -> memoryview:
+    async def fetch(self, key: str, info: ObjectInfo) -> Buffer:
         """The whole object, read into one buffer that is then shared read-only."""
+        buffer = Buffer(info.size)
         if info.size == 0:
-            return EMPTY
-        buffer = bytearray(info.size)
+            return buffer
         reader = ObjectReader(self, key, info)
         try:
-            await reader.readinto(memoryview(buffer))
+            await reader.readinto(buffer.writable())
         finally:
             reader.close()
-        return memoryview(buffer).toreadonly()
+        return buffer
 
     async def open_range(self, key: str, info: ObjectInfo, start: int) -> _Download:
         """A body stream of this version of ``key`` from byte ``start`` to the end."""
@@ -279,6 +345,7 @@ class S3Store:
             etag = str(response.get("ETag", info.etag))
             if length != info.size - start or (info.etag and etag != info.etag):
                 body.close()
+                self._observer.source_error("changed")
                 raise ObjectChanged(
                     f"{self._where(key)}: expected {info.size - start} bytes of {info.etag}, "
                     f"got {length} of {etag}"
@@ -288,30 +355,22 @@ class S3Store:
             raise
         return _Download(body, self._download_slots.release)
 
-    async def check(self) -> bool:
-        """True if S3 answered recently, else after a HEAD on the bucket (a 403 still means "up")."""
+    async def check(self, prefix: str = "") -> bool:
+        """True if S3 answered recently, else after one probe (see ``probe``)."""
         if self._client is None:
             return False
         if self._last_answer is not None and self._clock() - self._last_answer < HEALTH_FRESH_SECONDS:
             return True
-        try:
-            async with asyncio.timeout(min(self.options.timeout, HEALTH_TIMEOUT)):
-                await self._client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            if _error_code(exc) in DENIED_CODES:  # credentials allow GetObject but not ListBucket
-                self._last_answer = self._clock()
-                return True
-            logger.warning("S3 health check of s3://{} failed: {}", self.bucket, map_error(exc, "HeadBucket"))
-            return False
-        self._last_answer = self._clock()
-        return True
+        result = await self.probe(prefix)
+        if not result.healthy:
+            logger.warning("S3 health check failed: {}", result.detail)
+        return result.healthy
 
     async def _call(self, operation: str, key: str, **params: Any) -> dict[str, Any]:
         """One S3 call under the overall deadline, mapped errors, and a log line with --debug-api."""
         if self._client is None:
             raise SourceUnavailable("the S3 source is not started")
         started = time.perf_counter()
-        S3_REQUESTS.labels(operation).inc()
         try:
             async with asyncio.timeout(self.options.call_deadline):
                 response: dict[str, Any] = await getattr(self._client, operation)(
@@ -319,7 +378,9 @@ class S3Store:
                 )
         except Exception as exc:
             error = map_error(exc, f"{operation} {self._where(key)}")
-            S3_ERRORS.labels(operation).inc()
+            self._observer.store_call(operation, True)
+            if isinstance(error, SourceUnavailable):
+                self._observer.source_error("changed" if isinstance(error, ObjectChanged) else "unavailable")
             if _is_answer(exc):
                 self._last_answer = self._clock()
             if self.options.debug_api:
@@ -327,6 +388,7 @@ class S3Store:
             elif isinstance(error, SourceUnavailable):
                 logger.warning("S3 {} failed: {}", operation, error)
             raise error from exc
+        self._observer.store_call(operation, False)
         self._last_answer = self._clock()
         if self.options.debug_api:
             metadata = response.get("ResponseMetadata", {})
@@ -462,15 +524,29 @@ class S3Source(Source):
         self.cache = cache
 
     async def start(self) -> None:
+        """Create the client (an invalid endpoint or region fails here, with SourceUnavailable)."""
         await self.store.start()
         options = self.store.options
         logger.info(
-            "serving {} (endpoint {}, cache {} MiB, objects up to {} MiB held)",
+            "S3 source {} (endpoint {}, cache {} MiB, objects up to {} MiB held)",
             self.description,
             options.endpoint_url or "AWS",
-            self.cache.limits.total_bytes >> 20,
+            self.cache.limits.cache_bytes >> 20,
             self.cache.limits.object_max >> 20,
         )
+
+    async def first_contact(self) -> SourceStatus:
+        """Credentials found or not, the bucket/prefix reachable or not: one log line each."""
+        found = await self.store.credentials_source()
+        if found is None:
+            logger.error("S3 credentials: none found (environment, profile, instance role)")
+            detail = "no S3 credentials found (set AWS_* or a role; --no-sign-request for a public bucket)"
+            return SourceStatus(healthy=False, fatal=True, detail=detail)
+        logger.info("S3 credentials: {}", found)
+        result = await self.store.probe(self.location.prefix)
+        log = logger.info if result.healthy else logger.error if result.fatal else logger.warning
+        log("S3 bucket: {}", result.detail)
+        return SourceStatus(healthy=result.healthy, fatal=result.fatal, detail=result.detail)
 
     def open_now(self, path: str) -> Content | None:
         """The content while the cached metadata is fresh (no S3 call can be needed), else None."""
@@ -492,36 +568,44 @@ class S3Source(Source):
         return StreamedContent(ObjectReader(self.store, key, resolved.info), self.cache.invalidate)
 
     async def check(self) -> bool:
-        return await self.store.check()
+        return await self.store.check(self.location.prefix)
 
     async def aclose(self) -> None:
         self.cache.clear()
         await self.store.aclose()
 
 
-def s3_options_from_settings(settings: Settings) -> S3Options:
-    return S3Options(
-        region=settings.region,
-        endpoint_url=settings.endpoint_url,
-        force_path_style=settings.force_path_style,
-        dualstack=settings.dualstack,
-        accelerate=settings.accelerate,
-        sign_request=settings.sign_request,
-        debug_api=settings.debug_api,
-        timeout=settings.s3_timeout,
-        retries=settings.s3_retries,
-        pool=settings.s3_pool,
-    )
+def build_s3_source(
+    url: str,
+    options: S3Options,
+    limits: CacheLimits,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    observer: SourceObserver | None = None,
+) -> S3Source:
+    """The S3 source for ``url`` (``s3://bucket/prefix/``).  Nothing touches the network yet."""
+    location = parse_s3_url(url)
+    observer = observer or NullObserver()
+    store = S3Store(location.bucket, options, clock=clock, observer=observer)
+    return S3Source(location, store, EdgeCache(store, limits, clock=clock, observer=observer))
 
 
-def s3_source_from_settings(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> Source:
-    """The S3 source for ``settings.source`` (``s3://bucket/prefix/``).  Nothing touches the network yet."""
-    location = parse_s3_url(settings.source)
-    store = S3Store(location.bucket, s3_options_from_settings(settings), clock=clock)
-    limits = CacheLimits(
-        total_bytes=settings.cache_bytes,
-        object_max=settings.cache_object_max,
-        ttl=settings.cache_ttl,
-        negative_ttl=settings.negative_cache_ttl,
-    )
-    return S3Source(location, store, EdgeCache(store, limits, clock=clock))
+def _classify_probe_failure(exc: BaseException, where: str, timeout: float) -> ProbeResult:
+    """What a failed ListObjectsV2 on the prefix means for start-up and /healthz."""
+    code = _error_code(exc)
+    name = type(exc).__name__
+    if name == "NoCredentialsError":
+        detail = "no S3 credentials found (--no-sign-request for a public bucket)"
+        return ProbeResult(False, False, True, detail)
+    if code in NO_BUCKET_CODES:
+        return ProbeResult(True, False, True, f"{where}: the bucket does not exist")
+    if code in BAD_CREDENTIAL_CODES:
+        return ProbeResult(True, False, True, f"{where}: the credentials were refused ({code})")
+    if code in DENIED_CODES:
+        # GetObject-only credentials (which the README allows) cannot list: S3 is up, serving may work.
+        return ProbeResult(True, True, False, f"{where}: reachable, listing denied ({code}; GetObject-only?)")
+    if isinstance(exc, TimeoutError):
+        return ProbeResult(False, False, False, f"{where}: unreachable (no answer within {timeout:g}s)")
+    if code is not None:
+        return ProbeResult(True, False, False, f"{where}: S3 answered {code}")
+    return ProbeResult(False, False, False, f"{where}: unreachable ({name}: {exc})")
