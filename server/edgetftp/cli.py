@@ -59,11 +59,8 @@ def build_source(
 ) -> Source:
     """The source for ``settings.source``; the one place Settings become source options."""
     if settings.is_s3:
-        try:
-            from edgetftp.sources.cache import CacheLimits
-            from edgetftp.sources.s3 import S3Options, build_s3_source
-        except ImportError as exc:
-            raise StartupError(f"S3 source needs aioboto3: pip install 'edgetftp[s3]' ({exc})") from None
+        from edgetftp.sources.cache import CacheLimits
+        from edgetftp.sources.s3 import S3Options, build_s3_source  # the s3 extra: see require_s3_extra
         options = S3Options(
             region=settings.region,
             endpoint_url=settings.endpoint_url,
