@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict, SettingsError
 
+from edgetftp.privileges import PrivilegeError, resolve_identity
+
 DEFAULT_PORT = 69
 
 
@@ -107,6 +109,11 @@ class Settings(BaseSettings):
         description="blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step)",
     )
 
+    user: str | None = Field(
+        None,
+        description="USER[:GROUP] (names or numbers) to switch to once the sockets are bound (needs root)",
+    )
+
     # --- retransmission ---
     timeout: float = Field(1.0, gt=0.05, le=255, description="seconds before the first retransmission")
     max_timeout: float = Field(
@@ -175,6 +182,16 @@ class Settings(BaseSettings):
     def _check_address(cls, value: str | None) -> str | None:
         if value is not None:
             parse_host_port(value)
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _check_user(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                resolve_identity(value)
+            except PrivilegeError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("allow_extensions")
