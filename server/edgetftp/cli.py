@@ -76,11 +76,12 @@ def listening_sockets(settings: Settings) -> list[socket.socket]:
         raise StartupError(f"socket activation: {exc}") from None
     if inherited:
         if "listen" in settings.model_fields_set:
+            passed = activation.describe(inherited)
             for sock in inherited:
                 sock.close()
             raise StartupError(
                 "invalid setting --listen (EDGETFTP_LISTEN): the system manager passed sockets "
-                f"({activation.describe(inherited)}); serve on those and leave --listen unset"
+                f"({passed}); serve on those and leave --listen unset"
             )
         return inherited
     address = settings.listen_address
