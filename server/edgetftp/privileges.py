@@ -63,15 +63,23 @@ def _resolve_group(text: str) -> int:
         raise PrivilegeError(f"no such group: {text}") from None
 
 
+def is_current(identity: Identity) -> bool:
+    """Already running as ``identity`` (``docker run --user 65532:65532`` with the image's default)."""
+    return os.getresuid() == (identity.uid,) * 3 and os.getresgid() == (identity.gid,) * 3
+
+
 def check_can_switch(identity: Identity) -> None:
     """Refuse early (before binding) when this process cannot become ``identity``."""
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not is_current(identity):
         raise PrivilegeError(f"switching to {identity} needs root; this process runs as uid {os.geteuid()}")
 
 
 def drop_privileges(identity: Identity) -> None:
     """Become ``identity`` for good, or raise PrivilegeError: the server must not serve as root."""
     check_can_switch(identity)
+    if is_current(identity) and identity.uid != 0:
+        _verify(identity)  # nothing to switch; still make sure no extra group or privilege is left
+        return
     try:
         os.setgroups([])
         os.setgid(identity.gid)

@@ -187,6 +187,8 @@ class Settings(BaseSettings):
     @field_validator("user")
     @classmethod
     def _check_user(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None  # EDGETFTP_USER= (empty) turns the image's default off
         if value is not None:
             try:
                 resolve_identity(value)
