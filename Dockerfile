@@ -37,6 +37,7 @@ RUN /venv/bin/pip install --no-cache-dir --disable-pip-version-check "/src[s3]"
 # - sources of the third-party packages: their byte code is compiled once here and kept beside them
 #   (compileall -b), so imports stay as fast as with __pycache__ and the .py files go.  edgetftp's own
 #   sources stay, with their __pycache__, for readable tracebacks.
+WORKDIR /venv/lib/python3.11/site-packages
 RUN site=/venv/lib/python3.11/site-packages \
     && find "$site/botocore/data" -mindepth 1 -maxdepth 1 -type d \
         ! -name s3 ! -name sts ! -name sso ! -name sso-oidc ! -name signin -exec rm -rf {} + \
@@ -46,7 +47,6 @@ RUN site=/venv/lib/python3.11/site-packages \
     && find "$site" -name '*.so' -exec strip --strip-unneeded {} + \
     && /venv/bin/python3 -m pip uninstall --yes --disable-pip-version-check pip setuptools \
     && rm -f /venv/bin/activate* /venv/bin/Activate.ps1 \
-    && cd "$site" \
     && rm -rf pydantic/v1 pydantic/mypy.py aioitertools/tests uvloop/_testbase.py \
         aiohttp/web*.py aiohttp/test_utils.py aiohttp/pytest_plugin.py aiohttp/worker.py \
         dateutil/zoneinfo/dateutil-zoneinfo.tar.gz \

@@ -349,14 +349,32 @@ import json, os, re
 import botocore, botocore.session
 session = botocore.session.get_session()
 available = sorted(session.get_available_services())
-# Every service the default credential chain (and the SSO token provider) creates a client for.
+# Every service the default credential chain (and the SSO token provider) creates a client for,
+# found in the byte code (the image keeps botocore's .pyc only): the first string constant loaded
+# after a name ending in client_creator / create_client / create_nested_client.
+import dis, marshal
 source_dir = os.path.dirname(botocore.__file__)
-creator_call = re.compile(
-    r"(?:client_creator|create_client|create_nested_client)\(\s*(?:[\w.]+,\s*)?['\"]([\w-]+)['\"]"
-)
+creators = ("client_creator", "create_client", "create_nested_client")
+def code_objects(code):
+    yield code
+    for constant in code.co_consts:
+        if hasattr(constant, "co_code"):
+            yield from code_objects(constant)
 wanted = set()
-for name in ("credentials.py", "tokens.py", "utils.py"):
-    wanted |= set(creator_call.findall(open(os.path.join(source_dir, name)).read()))
+for name in ("credentials", "tokens", "utils"):
+    with open(os.path.join(source_dir, name + ".pyc"), "rb") as compiled:
+        compiled.read(16)  # the header: magic, flags, source stamp
+        module = marshal.load(compiled)
+    for code in code_objects(module):
+        instructions = list(dis.get_instructions(code))
+        for index, instruction in enumerate(instructions):
+            if not (isinstance(instruction.argval, str) and instruction.argval.endswith(creators)):
+                continue
+            for following in instructions[index + 1 : index + 5]:
+                if following.opname == "LOAD_CONST" and isinstance(following.argval, str):
+                    if re.fullmatch(r"[a-z0-9-]+", following.argval):
+                        wanted.add(following.argval)
+                    break
 clients = {}
 for service in available:
     clients[service] = session.create_client(

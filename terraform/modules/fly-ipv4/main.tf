@@ -5,14 +5,17 @@
 #     one (`fly ips list --json`, `fly ips allocate-v4`), and writes the address as the one output of
 #     a small state file;
 #   - terraform_remote_state (built in, local backend) reads that file back after the script ran.
-# The file is re-read at every plan; when it is missing (a fresh checkout), the precondition in the
-# root says how to fetch it again.
+# The file is re-read at every plan; when it is missing (a fresh checkout), no-address.json (a state
+# without outputs) is read instead, and the precondition on the ipv4 output says how to fetch it again.
 
 locals {
   address_file = abspath("${path.root}/fly-ipv4.${var.fly_app}.tfstate")
 }
 
 resource "terraform_data" "allocate" {
+  # The output (the file's path) is unknown while the script is still to run, so the read below waits.
+  input = local.address_file
+
   triggers_replace = {
     app    = var.fly_app
     flyctl = var.flyctl
@@ -29,8 +32,10 @@ resource "terraform_data" "allocate" {
 }
 
 data "terraform_remote_state" "address" {
-  backend  = "local"
-  config   = { path = local.address_file }
+  backend = "local"
+  config = {
+    path = fileexists(terraform_data.allocate.output) ? terraform_data.allocate.output : "${path.module}/no-address.json"
+  }
   defaults = { ipv4 = null }
 
   depends_on = [terraform_data.allocate]
