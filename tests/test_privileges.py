@@ -31,7 +31,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs
 NOBODY = pwd.getpwnam("nobody")
 BIG_FILE_BYTES = 300_000
 RUN_AS = (
-    "import os, sys; from edgetftp import cli; "
+    # Everything the server imports lazily is imported while still root (/root is closed to others).
+    "import os, sys, encodings.idna, uvloop, edgetftp.sources.local; from edgetftp import cli; "
     "os.setgroups([]); os.setgid({gid}); os.setuid({uid}); sys.exit(cli.main(sys.argv[1:]))"
 )
 
@@ -213,7 +214,13 @@ def test_user_needs_root(public_content: Path, servers: list[Server]) -> None:
     nobody = Identity(NOBODY.pw_uid, NOBODY.pw_gid)
     run_as = nobody if os.geteuid() == 0 else None
     server = Server(
-        "--listen", f"127.0.0.1:{port}", "--user", "nobody", str(public_content), port=port, run_as=run_as
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--user",
+        "65532:65532",
+        str(public_content),
+        port=port,
+        run_as=run_as,
     )
     servers.append(server)
     assert server.wait_exit() == 2
@@ -264,3 +271,26 @@ def test_a_failed_drop_refuses_to_serve(public_content: Path) -> None:
     assert "serving" not in result.stdout + result.stderr
     assert result.stderr.strip().endswith("Operation not permitted"), result.stderr
     assert "invalid setting --user (EDGETFTP_USER): cannot switch to" in result.stderr
+
+
+@needs_root
+def test_already_the_user_is_accepted(public_content: Path, servers: list[Server]) -> None:
+    """``docker run --user 65532:65532`` with the image's EDGETFTP_USER=65532:65532: nothing to switch."""
+    port = free_port()
+    nobody = Identity(NOBODY.pw_uid, NOBODY.pw_gid)
+    server = Server(
+        "--listen", f"127.0.0.1:{port}", "--user", "nobody", str(public_content), port=port, run_as=nobody
+    )
+    servers.append(server)
+    server.wait_serving()
+    assert_serving_as(server, nobody, public_content)
+
+
+def test_an_empty_user_setting_means_no_switch(public_content: Path) -> None:
+    from edgetftp.settings import load_settings
+
+    os.environ["EDGETFTP_USER"] = ""
+    try:
+        assert load_settings([str(public_content)]).user is None
+    finally:
+        del os.environ["EDGETFTP_USER"]
