@@ -127,13 +127,14 @@ def _free_port(kind: int) -> int:
 class Server:
     """A container of the image serving on loopback high ports (host network)."""
 
-    def __init__(self, container: Container, tftp_port: int, http_port: int) -> None:
+    def __init__(self, container: Container, tftp_port: int, http_port: int, host: str = "127.0.0.1") -> None:
         self.container = container
         self.tftp_port = tftp_port
         self.http_port = http_port
+        self.host = host
 
     def url(self, name: str) -> str:
-        return f"tftp://127.0.0.1:{self.tftp_port}/{name}"
+        return f"tftp://{self.host}:{self.tftp_port}/{name}"
 
     def http_get(self, path: str) -> tuple[int, str]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as response:
@@ -156,21 +157,35 @@ def start_server(
     containers: list[Container],
     user: str | None = None,
     env: dict[str, str] | None = None,
+    tftp_host: str = "127.0.0.1",
+    tftp_port: int | None = None,
 ) -> Server:
-    tftp_port, http_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    tftp_port = tftp_port or _free_port(socket.SOCK_DGRAM)
+    http_port = _free_port(socket.SOCK_STREAM)
     container = client.containers.run(
         image.id,
         detach=True,
         network_mode="host",
         user=user,
         environment={
-            "EDGETFTP_LISTEN": f"127.0.0.1:{tftp_port}",
+            "EDGETFTP_LISTEN": f"{tftp_host}:{tftp_port}",
             "EDGETFTP_HTTP_LISTEN": f"127.0.0.1:{http_port}",
             **(env or {}),
         },
     )
     containers.append(container)
-    return Server(container, tftp_port, http_port)
+    return Server(container, tftp_port, http_port, tftp_host)
+
+
+def free_loopback_address_for_port_69() -> str:
+    """An address in 127.0.0.0/8 whose UDP port 69 is free (the host's own TFTP server may hold
+    127.0.0.1:69; 127.0.0.0/8 is all loopback on Linux)."""
+    for third in range(69, 256):
+        address = f"127.0.{third}.69"
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 69))
+            return address
+    raise AssertionError("no 127.0.x.69 address with UDP port 69 free")
 
 
 def curl_fetch(url: str, max_time: float = 10.0) -> bytes | None:
@@ -183,7 +198,7 @@ def curl_fetch(url: str, max_time: float = 10.0) -> bytes | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def tftp_get(port: int, name: str, timeout: float = 1.0) -> bytes:
+def tftp_get(port: int, name: str, timeout: float = 1.0, host: str = "127.0.0.1") -> bytes:
     """A plain RFC 1350 read (512-byte blocks, no options) from a single-port server on loopback.
 
     The socket is connected, so a port nobody listens on fails at once (ICMP port unreachable ->
@@ -191,7 +206,7 @@ def tftp_get(port: int, name: str, timeout: float = 1.0) -> bytes:
     """
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
+        sock.connect((host, port))
         sock.send(struct.pack("!H", 1) + name.encode() + b"\0octet\0")
         data, expected = bytearray(), 1
         while True:
@@ -211,7 +226,7 @@ def wait_for_first_file(server: Server, name: str, deadline_s: float = 30.0) -> 
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
-            return tftp_get(server.tftp_port, name)
+            return tftp_get(server.tftp_port, name, host=server.host)
         except (ConnectionRefusedError, TimeoutError):
             time.sleep(0.01)
         server.container.reload()
@@ -242,7 +257,7 @@ def ids_mid_transfer(server: Server, name: str) -> tuple[str, str, str]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stalled_client:
         stalled_client.settimeout(10)
         stalled_client.sendto(
-            struct.pack("!H", 1) + name.encode() + b"\0octet\0", ("127.0.0.1", server.tftp_port)
+            struct.pack("!H", 1) + name.encode() + b"\0octet\0", (server.host, server.tftp_port)
         )
         first_block, _ = stalled_client.recvfrom(65536)
         assert struct.unpack("!HH", first_block[:4]) == (3, 1)
@@ -585,10 +600,14 @@ def test_container_serves_from_s3_with_the_trimmed_sdk(
         payload = os.urandom(70_000)
         s3.put_object(Bucket="edgetftp-image", Key="boot/menu.ipxe", Body=payload)
 
+        # UDP 69 (bound as root, then served as 65532) on a loopback address of its own: host network,
+        # so that the container reaches moto on the host's loopback.
         server = start_server(
             client,
             image,
             containers,
+            tftp_host=free_loopback_address_for_port_69(),
+            tftp_port=69,
             env={
                 "EDGETFTP_SOURCE": "s3://edgetftp-image/boot/",
                 "EDGETFTP_ENDPOINT_URL": endpoint,

@@ -74,12 +74,14 @@ def check_can_switch(identity: Identity) -> None:
         raise PrivilegeError(f"switching to {identity} needs root; this process runs as uid {os.geteuid()}")
 
 
-def drop_privileges(identity: Identity) -> None:
-    """Become ``identity`` for good, or raise PrivilegeError: the server must not serve as root."""
+def drop_privileges(user: Identity | str) -> Identity:
+    """Become ``user`` (an Identity or ``USER[:GROUP]``) for good, or raise PrivilegeError: the
+    server must not serve as root.  Returns the identity now in effect."""
+    identity = user if isinstance(user, Identity) else resolve_identity(user)
     check_can_switch(identity)
     if is_current(identity) and identity.uid != 0:
         _verify(identity)  # nothing to switch; still make sure no extra group or privilege is left
-        return
+        return identity
     try:
         os.setgroups([])
         os.setgid(identity.gid)
@@ -87,6 +89,7 @@ def drop_privileges(identity: Identity) -> None:
     except OSError as exc:
         raise PrivilegeError(f"cannot switch to {identity}: {exc.strerror}") from None
     _verify(identity)
+    return identity
 
 
 def _verify(identity: Identity) -> None:
