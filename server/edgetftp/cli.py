@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 
 from loguru import logger
 
-from edgetftp import __version__
+from edgetftp import __version__, activation, netutil, privileges
 from edgetftp.netutil import AddressError, format_address
 from edgetftp.observability import HealthServer, LogAndMetrics, SourceMetrics, setup_logging
 from edgetftp.policy import PathPolicy
 from edgetftp.protocol.transfer import TransferConfig
 from edgetftp.settings import Settings, SettingsFailure, load_settings
 from edgetftp.sources.base import Source, SourceObserver, SourceUnavailable
-from edgetftp.transport import ServerConfig, TftpServer
+from edgetftp.transport import SOCKET_BUFFER_BYTES, ServerConfig, TftpServer
 
 HEALTH_CHECK_INTERVAL = 10.0  # seconds between source checks for /healthz
 HEALTH_RETRY_INTERVAL = 1.0  # seconds between checks while the source is unhealthy
@@ -113,9 +114,62 @@ async def start_source(settings: Settings, source: Source) -> bool:
     return status.healthy
 
 
+def listening_sockets(settings: Settings) -> list[socket.socket]:
+    """The sockets handed over by the system manager, else the ones bound from ``--listen``."""
+    try:
+        inherited = activation.inherited_udp_sockets()
+    except activation.ActivationError as exc:
+        raise StartupError(f"socket activation: {exc}") from None
+    if inherited:
+        if "listen" in settings.model_fields_set:
+            passed = activation.describe(inherited)
+            for sock in inherited:
+                sock.close()
+            raise StartupError(
+                "invalid setting --listen (EDGETFTP_LISTEN): the system manager passed sockets "
+                f"({passed}); serve on those and leave --listen unset"
+            )
+        return inherited
+    address = settings.listen_address
+    try:
+        family, resolved = netutil.resolve(address.host, address.port)
+        sock = netutil.open_udp_socket(family, resolved, want_pktinfo=False, buffer_bytes=SOCKET_BUFFER_BYTES)
+        return [sock]
+    except AddressError as exc:
+        raise StartupError(f"invalid setting --listen (EDGETFTP_LISTEN): {exc}") from None
+
+
+def switch_user(settings: Settings) -> privileges.Identity | None:
+    """The identity ``--user`` asks for, checked before anything is bound; None without ``--user``."""
+    if settings.user is None:
+        return None
+    try:
+        identity = privileges.resolve_identity(settings.user)
+        privileges.check_can_switch(identity)
+    except privileges.PrivilegeError as exc:
+        raise StartupError(f"invalid setting --user (EDGETFTP_USER): {exc}") from None
+    return identity
+
+
+def drop_privileges(identity: privileges.Identity | None, sockets: list[socket.socket]) -> None:
+    if identity is None:
+        return
+    try:
+        privileges.drop_privileges(identity)
+    except privileges.PrivilegeError as exc:
+        for sock in sockets:
+            sock.close()
+        raise StartupError(f"invalid setting --user (EDGETFTP_USER): {exc}") from None
+    logger.info("switched to {} after binding", identity)
+
+
 async def serve(settings: Settings) -> int:
     """Run the server until a signal; returns the process exit code."""
     loop = asyncio.get_running_loop()
+    identity = switch_user(settings)
+    sockets = listening_sockets(settings)
+    # Every socket is bound; from here on the process never holds root (no datagram is read yet).
+    drop_privileges(identity, sockets)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -127,11 +181,13 @@ async def serve(settings: Settings) -> int:
     if not starting.done():  # SIGTERM while S3 was being contacted: stop now
         starting.cancel()
         await source.aclose()
+        for sock in sockets:
+            sock.close()
         return 0
     health_state = {"ok": starting.result()}
     server = TftpServer(server_config(settings), source, LogAndMetrics())
     try:
-        server.start()
+        server.start(sockets)
     except AddressError as exc:
         await source.aclose()
         raise StartupError(f"invalid setting --listen (EDGETFTP_LISTEN): {exc}") from None

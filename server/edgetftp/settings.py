@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from edgetftp import __version__
+from edgetftp.privileges import PrivilegeError, resolve_identity
 
 DEFAULT_PORT = 69
 ENV_PREFIX = "EDGETFTP_"
@@ -138,6 +139,11 @@ class Settings(BaseModel):
         le=64,
         description="blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step)",
         json_schema_extra=_meta("BLOCKS"),
+    )
+
+    user: str | None = Field(
+        None,
+        description="USER[:GROUP] (names or numbers) to switch to once the sockets are bound (needs root)",
     )
 
     # --- retransmission ---
@@ -284,6 +290,18 @@ class Settings(BaseModel):
     @classmethod
     def _any_case_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("user")
+    @classmethod
+    def _check_user(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None  # EDGETFTP_USER= (empty) turns the image's default off
+        if value is not None:
+            try:
+                resolve_identity(value)
+            except PrivilegeError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("allow_extensions")
     @classmethod

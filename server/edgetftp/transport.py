@@ -26,6 +26,7 @@ import math
 import socket
 import struct
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -172,13 +173,24 @@ class TftpServer:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind the listening socket.  Raises netutil.AddressError with one clear line."""
-        family, address = netutil.resolve(self.config.host, self.config.port)
-        wildcard = netutil.is_wildcard(address[0])
-        sock = netutil.open_udp_socket(
-            family, address, want_pktinfo=wildcard, buffer_bytes=SOCKET_BUFFER_BYTES
-        )
+    def start(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Serve on ``sockets`` (bound already: socket activation, privilege drop), or bind the
+        configured address.  Raises netutil.AddressError with one clear line."""
+        if sockets:
+            if len(sockets) > 1:
+                raise netutil.AddressError(f"{len(sockets)} sockets given; this transport serves one")
+            sock = sockets[0]
+            address = sock.getsockname()
+            wildcard = netutil.is_wildcard(address[0])
+            sock.setblocking(False)
+            if wildcard:
+                netutil.enable_pktinfo(sock, sock.family)
+        else:
+            family, address = netutil.resolve(self.config.host, self.config.port)
+            wildcard = netutil.is_wildcard(address[0])
+            sock = netutil.open_udp_socket(
+                family, address, want_pktinfo=wildcard, buffer_bytes=SOCKET_BUFFER_BYTES
+            )
         self._listener = Endpoint(sock, uses_pktinfo=wildcard)
         if not wildcard:
             self._bound_arrival = Arrival(None, netutil.ifindex_of_address(address[0]))

@@ -1,6 +1,6 @@
 output "ipv4" {
   description = "The app's dedicated IPv4 the A record points at (DHCP next-server for PXE clients)."
-  value       = var.fly_ipv4
+  value       = module.fly_ipv4.ipv4
 }
 
 output "fqdn" {
@@ -8,17 +8,17 @@ output "fqdn" {
   value       = local.fqdn
 }
 
-output "dns_provider" {
-  description = "Where the A record was created."
-  value       = var.dns_provider
+output "record" {
+  description = "The A record as the DNS provider has it."
+  value       = module.dns.record
 }
 
 output "regions" {
   description = "Machines per Fly region, as applied with flyctl."
-  value       = var.regions
+  value       = module.fly_regions.regions
 }
 
 output "machine_count" {
   description = "Machines across all regions."
-  value       = sum(values(var.regions))
+  value       = module.fly_regions.machine_count
 }

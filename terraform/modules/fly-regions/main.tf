@@ -7,6 +7,7 @@
 #   - fly_region exists while the region is in var.regions; destroying it (region removed) scales
 #     that region to 0;
 #   - fly_scale is replaced whenever the count changes and only ever scales up or down to the count.
+# Built-in terraform_data only: this module needs no provider download.
 
 resource "terraform_data" "fly_region" {
   for_each = var.regions

@@ -1,0 +1,2 @@
+# Reads CLOUDFLARE_API_TOKEN from the environment.
+provider "cloudflare" {}

@@ -1,0 +1,243 @@
+"""Socket activation: the real ``systemd-socket-activate`` binds, edgetftp serves on what it inherits.
+
+``systemd-socket-activate -d -l ADDRESS CMD`` binds a UDP socket, waits for the first datagram, then
+execs CMD with the socket as fd 3 and LISTEN_FDS/LISTEN_PID set (the protocol of a ``.socket`` unit).
+It passes on no environment of its own, hence ``-E PYTHONPATH`` (this checkout's code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgetftp.activation import ActivationError, inherited_udp_sockets
+from tests.conftest import ContentTree, free_port, free_tcp_port
+
+ACTIVATE = shutil.which("systemd-socket-activate")
+needs_activate = pytest.mark.skipif(
+    ACTIVATE is None, reason="systemd-socket-activate is not installed (Debian: apt-get install systemd)"
+)
+
+
+# --- the protocol, on environments built by hand --------------------------------------------------
+
+
+def test_no_variables_means_no_sockets() -> None:
+    assert inherited_udp_sockets({}) == []
+
+
+def test_variables_for_another_process_are_ignored_and_cleared() -> None:
+    env = {"LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "tftp", "HOME": "/"}
+    assert inherited_udp_sockets(env) == []
+    assert env == {"HOME": "/"}, "children must never see the variables"
+
+
+@pytest.mark.parametrize("count", ["0", "two", "-1", ""])
+def test_a_bad_count_is_an_error(count: str) -> None:
+    env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": count}
+    with pytest.raises(ActivationError, match="LISTEN_FDS"):
+        inherited_udp_sockets(env)
+    assert env == {}
+
+
+# --- the real systemd-socket-activate ------------------------------------------------------------
+
+
+class Activated:
+    """``systemd-socket-activate -d -l LISTEN python -m edgetftp ARGS``, ended by its PID."""
+
+    def __init__(self, listen: str, *args: str, datagram: bool = True) -> None:
+        assert ACTIVATE is not None
+        self.output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        flags = ["-d"] if datagram else []
+        self.proc = subprocess.Popen(
+            [ACTIVATE, *flags, "-E", "PYTHONPATH", "-l", listen, sys.executable, "-m", "edgetftp", *args],
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_listening()
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + 10
+        while "Listening on" not in self.log():
+            assert time.monotonic() < deadline, self.log()
+            assert self.proc.poll() is None, self.log()
+            time.sleep(0.02)
+
+    def log(self) -> str:
+        self.output.seek(0)
+        return self.output.read().decode(errors="replace")
+
+    def wait_exit(self) -> int:
+        return self.proc.wait(timeout=60)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.output.close()
+        return int(self.proc.returncode)
+
+
+@pytest.fixture
+def activated() -> Iterator[list[Activated]]:
+    started: list[Activated] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+def curl(url: str) -> bytes:
+    # curl's first RRQ wakes systemd-socket-activate, which then starts Python: allow for a slow start.
+    result = subprocess.run(
+        ["curl", "--silent", "--show-error", "--max-time", "60", url], capture_output=True, timeout=90
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@needs_activate
+def test_serves_curl_on_the_inherited_socket(content: ContentTree, activated: list[Activated]) -> None:
+    port = free_port()
+    process = Activated(f"127.0.0.1:{port}", str(content.root))
+    activated.append(process)
+    for name in ("big.bin", "s513.bin", "pxelinux.cfg/01-aa-bb-cc-dd-ee-ff"):
+        assert digest(curl(f"tftp://127.0.0.1:{port}/{name}")) == content.digests[name]
+    log = process.log()
+    assert f"serving {content.root} on udp 127.0.0.1:{port}" in log, log
+    assert process.stop() == 0
+
+
+@needs_activate
+def test_a_dual_stack_inherited_socket_serves_ipv4_and_ipv6(
+    content: ContentTree, activated: list[Activated]
+) -> None:
+    """``-l PORT`` hands over one [::] socket that takes IPv4 too (the issue's own command)."""
+    port = free_port(socket.AF_INET6, "::")
+    process = Activated(str(port), str(content.root))
+    activated.append(process)
+    assert digest(curl(f"tftp://127.0.0.1:{port}/s1024.bin")) == content.digests["s1024.bin"]
+    assert digest(curl(f"tftp://[::1]:{port}/big.bin")) == content.digests["big.bin"]
+    assert f"on udp [::]:{port}" in process.log()
+
+
+@needs_activate
+def test_per_transfer_mode_on_an_inherited_socket(content: ContentTree, activated: list[Activated]) -> None:
+    port = free_port()
+    process = Activated(f"127.0.0.1:{port}", "--port-mode", "per-transfer", str(content.root))
+    activated.append(process)
+    assert digest(curl(f"tftp://127.0.0.1:{port}/x1432.bin")) == content.digests["x1432.bin"]
+
+
+@needs_activate
+def test_listen_is_refused_with_inherited_sockets(content: ContentTree, activated: list[Activated]) -> None:
+    port, other = free_port(), free_port()
+    process = Activated(f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{other}", str(content.root))
+    activated.append(process)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wake:
+        wake.sendto(b"\0\1boot\0octet\0", ("127.0.0.1", port))  # the first datagram starts the server
+    assert process.wait_exit() == 2
+    refusals = [line for line in process.log().splitlines() if line.startswith("edgetftp:")]
+    assert refusals == [
+        "edgetftp: invalid setting --listen (EDGETFTP_LISTEN): the system manager passed sockets "
+        f"(127.0.0.1:{port}); serve on those and leave --listen unset"
+    ], process.log()
+
+
+@needs_activate
+def test_an_inherited_tcp_socket_is_refused(content: ContentTree, activated: list[Activated]) -> None:
+    port = free_tcp_port()
+    process = Activated(f"127.0.0.1:{port}", str(content.root), datagram=False)
+    activated.append(process)
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        assert process.wait_exit() == 2
+    refusals = [line for line in process.log().splitlines() if line.startswith("edgetftp:")]
+    assert refusals == [
+        "edgetftp: socket activation: inherited descriptor 3 is AF_INET SOCK_STREAM, "
+        "not a UDP socket (SOCK_DGRAM)"
+    ], process.log()
+
+
+UNITS = Path(__file__).resolve().parents[1] / "deploy" / "systemd"
+SHIPPED_EXEC_START = "ExecStart=/opt/edgetftp/bin/edgetftp /srv/tftp"
+
+
+def systemd_analyze() -> str:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
+    return analyze
+
+
+@pytest.fixture
+def unit_copies(tmp_path: Path) -> Path:
+    """The unit pair, with ExecStart pointed at a stand-in: verify checks the binary exists."""
+    stand_in = tmp_path / "edgetftp"
+    stand_in.write_text("#!/bin/sh\n")
+    stand_in.chmod(0o755)
+    service = (UNITS / "edgetftp.service").read_text()
+    assert SHIPPED_EXEC_START in service.splitlines()
+    (tmp_path / "edgetftp.service").write_text(
+        service.replace(SHIPPED_EXEC_START, f"ExecStart={stand_in} /srv/tftp")
+    )
+    (tmp_path / "edgetftp.socket").write_text((UNITS / "edgetftp.socket").read_text())
+    return tmp_path
+
+
+def test_the_unit_pair_verifies(unit_copies: Path) -> None:
+    result = subprocess.run(
+        [systemd_analyze(), "verify", "edgetftp.socket", "edgetftp.service"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=unit_copies,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == "", "verify reports nothing for a clean unit"
+
+
+def test_the_service_is_hardened(unit_copies: Path) -> None:
+    """systemd's own exposure score (0 = locked down, 10 = unprotected), and the settings the
+    inherited socket makes possible: no user, no capability, no way to gain one."""
+    result = subprocess.run(
+        [systemd_analyze(), "security", "--offline=yes", str(unit_copies / "edgetftp.service")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    overall = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    score = float(overall[0].split(":")[1].split()[0])
+    print(f"\nsystemd-analyze security: exposure {score}")
+    assert score <= 2.0, result.stdout
+    settings = (UNITS / "edgetftp.service").read_text().splitlines()
+    for line in (
+        "DynamicUser=yes",
+        "CapabilityBoundingSet=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+    ):
+        assert line in settings, line
+    assert not [line for line in settings if line.startswith("Environment=EDGETFTP_LISTEN")]
+    socket_unit = (UNITS / "edgetftp.socket").read_text().splitlines()
+    assert "ListenDatagram=69" in socket_unit and "BindIPv6Only=both" in socket_unit
