@@ -51,16 +51,35 @@ def server_config(settings: Settings) -> ServerConfig:
 
 
 def build_source(settings: Settings) -> Source:
-    if settings.is_s3:
+    """The source for SOURCE: one layer, or several stacked (the first that has a file serves it)."""
+    layers = [build_layer(settings, layer) for layer in settings.source_layers]
+    if len(layers) == 1:
+        return layers[0]
+    from edgetftp.sources.layered import LayeredSource
+
+    return LayeredSource(layers, errors_fall_through=settings.layer_errors_fall_through)
+
+
+def build_layer(settings: Settings, layer: str) -> Source:
+    scheme = layer.split("://", 1)[0].lower() if "://" in layer else ""
+    if scheme == "s3":
         try:
             from edgetftp.sources.s3 import s3_source_from_settings
         except ImportError as exc:
             raise StartupError(f"S3 source needs aioboto3: pip install 'edgetftp[s3]' ({exc})") from None
-        return s3_source_from_settings(settings)
+        return s3_source_from_settings(settings.model_copy(update={"source": layer}))
+    if scheme in ("http", "https"):
+        try:
+            import aiohttp  # noqa: F401 - checked here so that a missing package is one clear line
+        except ImportError as exc:
+            raise StartupError(f"an HTTP origin needs aiohttp: pip install aiohttp ({exc})") from None
+        from edgetftp.sources.http import http_source_from_settings
+
+        return http_source_from_settings(settings, layer)
     from edgetftp.sources.local import LocalSource
 
     return LocalSource(
-        settings.source,
+        layer,
         case_insensitive=settings.case_insensitive,
         resident_bytes=settings.cache_bytes,
         resident_max=settings.cache_object_max,

@@ -7,17 +7,19 @@ here, before a socket is bound, with one line that names the setting (see ``load
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, CliPositionalArg, NoDecode, SettingsConfigDict, SettingsError
 
 DEFAULT_PORT = 69
+_HEADER_SPLIT = re.compile(r"\n|,(?=\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+:)")
 
 
 class PortMode(StrEnum):
@@ -81,7 +83,10 @@ class Settings(BaseSettings):
 
     source: CliPositionalArg[str] = Field(
         None,  # type: ignore[assignment]  # optional on the command line when EDGETFTP_SOURCE is set
-        description="a directory of files to serve, or s3://bucket/prefix/ (env EDGETFTP_SOURCE)",
+        description=(
+            "a directory of files to serve, s3://bucket/prefix/ or http(s)://origin/prefix/; several, "
+            "comma-separated, are layers: the first that has a file serves it (env EDGETFTP_SOURCE)"
+        ),
     )
 
     # --- network ---
@@ -170,6 +175,38 @@ class Settings(BaseSettings):
     cache_ttl: float = Field(60.0, ge=0, description="seconds before a cached object is revalidated by ETag")
     negative_cache_ttl: float = Field(10.0, ge=0, description="seconds a missing key is remembered")
 
+    # --- HTTP origin source and layers ---
+    origin_header: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "'Name: value' header sent with every origin request, repeatable (env: one per line; "
+            "keep secrets in EDGETFTP_ORIGIN_HEADER)"
+        ),
+    )
+    origin_timeout: float = Field(
+        5.0, gt=0, le=120, description="seconds for an origin connect, response headers, or body chunk"
+    )
+    origin_attempts: int = Field(
+        2, ge=1, le=10, description="tries per origin request on connection failures and 502/503/504"
+    )
+    origin_pool: int = Field(32, ge=1, le=1024, description="HTTP connections to the origin at most")
+    origin_buffer_max: int = Field(
+        8 * 2**20,
+        ge=0,
+        description="origin bodies up to this are read before answering (tsize, caching); larger ones stream",
+    )
+    origin_stale_if_error: float = Field(
+        300.0,
+        ge=0,
+        description="seconds past expiry a cached origin answer may stand in for a failing origin",
+    )
+    origin_cross_host_redirects: bool = Field(
+        False, description="follow origin redirects to another host (refused by default)"
+    )
+    layer_errors_fall_through: bool = Field(
+        False, description="with several SOURCE layers, try the next layer when one fails (not only on 404)"
+    )
+
     @field_validator("listen", "http_listen")
     @classmethod
     def _check_address(cls, value: str | None) -> str | None:
@@ -185,26 +222,34 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a file extension: {ext!r}")
         return value
 
+    @field_validator("origin_header", mode="before")
+    @classmethod
+    def _split_origin_headers(cls, value: object) -> object:
+        # The environment gives one string (a header per line); the command line joins repeated
+        # flags with commas, so a comma starts a new header only where "Name:" follows.
+        if isinstance(value, str):
+            return [part.strip() for part in _HEADER_SPLIT.split(value) if part.strip()]
+        return value
+
+    @field_validator("origin_header")
+    @classmethod
+    def _check_origin_headers(cls, value: list[str]) -> list[str]:
+        from edgetftp.sources.http import parse_header_line
+
+        for line in value:
+            parse_header_line(line)
+        return value
+
     @field_validator("source", mode="before")
     @classmethod
     def _check_source(cls, value: str | None) -> str:
         if value is None:
             raise ValueError("missing: give a directory or s3://bucket/prefix/ (or set EDGETFTP_SOURCE)")
-        if "://" in value:
-            scheme = value.split("://", 1)[0].lower()
-            if scheme != "s3":
-                raise ValueError(f"unknown scheme {scheme!r}: use a directory or s3://bucket/prefix/")
-            bucket = value.split("://", 1)[1].split("/", 1)[0]
-            if not bucket:
-                raise ValueError("missing bucket name in s3://bucket/prefix/")
-            return value
-        root = Path(value)
-        if not root.is_dir():
-            raise ValueError(f"not a directory: {value}")
-        try:
-            next(iter(root.iterdir()), None)
-        except OSError as exc:
-            raise ValueError(f"cannot read directory {value}: {exc.strerror}") from exc
+        layers = split_layers(value)
+        if not layers:
+            raise ValueError("empty: give a directory, s3://bucket/prefix/ or http(s)://origin/prefix/")
+        for layer in layers:
+            _check_layer(layer)
         return value
 
     @model_validator(mode="after")
@@ -238,6 +283,45 @@ class Settings(BaseSettings):
     @property
     def is_s3(self) -> bool:
         return self.source.lower().startswith("s3://")
+
+    @property
+    def source_layers(self) -> list[str]:
+        """The SOURCE layers in order (one for a plain SOURCE)."""
+        return split_layers(self.source)
+
+
+def _check_layer(value: str) -> None:
+    """One SOURCE layer: an existing directory, s3://bucket/prefix/ or http(s)://host/prefix/."""
+    if "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        if scheme in ("http", "https"):
+            _check_origin_url(value)
+            return
+        if scheme != "s3":
+            raise ValueError(f"unknown scheme {scheme!r}: use a directory, s3://, http:// or https://")
+        bucket = value.split("://", 1)[1].split("/", 1)[0]
+        if not bucket:
+            raise ValueError("missing bucket name in s3://bucket/prefix/")
+        return
+    root = Path(value)
+    if not root.is_dir():
+        raise ValueError(f"not a directory: {value}")
+    try:
+        next(iter(root.iterdir()), None)
+    except OSError as exc:
+        raise ValueError(f"cannot read directory {value}: {exc.strerror}") from exc
+    return
+
+
+def _check_origin_url(value: str) -> None:
+    from edgetftp.sources.http import parse_origin_url  # no aiohttp: parsing only
+
+    parse_origin_url(value)
+
+
+def split_layers(value: str) -> list[str]:
+    """``"/srv/tftp, https://o/boot/"`` -> ``["/srv/tftp", "https://o/boot/"]`` (the first layer wins)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def split_extensions(value: str) -> list[str]:
