@@ -69,9 +69,9 @@ def client_port_in(script: bytes) -> int:
     return int(line.split()[2].rsplit(":", 1)[1])
 
 
-def fetch_raw(server: ServerProcess, name: str, bind: str | None = None, **options: str | int) -> Fetch:
+def fetch_raw(server: ServerProcess, name: str, bind: str | None = None, **options: int) -> Fetch:
     with RawClient(server.address, timeout=10, bind=bind) as client:
-        return client.fetch(name, **options)
+        return client.fetch(name, "octet", **options)
 
 
 # --- per-client answers ---
@@ -213,7 +213,6 @@ def test_origin_statuses_become_clean_errors(origin: OriginServer, served: Serve
         assert fetched.error is not None and fetched.error.code == code, (name, fetched)
         assert fetched.oack is None and fetched.blocks == 0  # decided before any OACK
         assert "deadbeef" not in fetched.error.message and "500" not in fetched.error.message
-    assert "deadbeef" not in fetched.error.message
     assert "HTTP 500" in served.log()  # the origin's answer is in the log only
 
 
@@ -341,12 +340,11 @@ def test_bench_origin_latency_figures(origins: tuple[OriginServer, RawOrigin], t
                     fetch_with(client, server.address, name, out, 1432)
                     samples[name].append(time.perf_counter() - started)
                     assert out.read_bytes() == data
-            medians = {name: statistics.median(values) * 1000 for name, values in samples.items()}
+            local, cached, uncached = (statistics.median(samples[n]) * 1000 for n in samples)
             lines.append(
-                f"{client} 64 KiB blksize 1432, median of {BENCH_ROUNDS}: local {medians['local.efi']:.2f} ms, "
-                f"origin cached {medians['cached.efi']:.2f} ms (+{medians['cached.efi'] - medians['local.efi']:.2f}),"
-                f" origin uncached {medians['uncached.efi']:.2f} ms "
-                f"(+{medians['uncached.efi'] - medians['local.efi']:.2f})"
+                f"{client} 64 KiB blksize 1432, median of {BENCH_ROUNDS}: local {local:.2f} ms, "
+                f"origin cached {cached:.2f} ms (+{cached - local:.2f}), "
+                f"origin uncached {uncached:.2f} ms (+{uncached - local:.2f})"
             )
         lines.append(
             f"origin requests: cached.efi {origin.count('/boot/cached.efi')}, "
