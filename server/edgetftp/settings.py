@@ -177,7 +177,7 @@ class Settings(BaseSettings):
 
     # --- HTTP origin source and layers ---
     origin_header: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
+        [],
         description=(
             "'Name: value' header sent with every origin request, repeatable (env: one per line; "
             "keep secrets in EDGETFTP_ORIGIN_HEADER)"
