@@ -73,6 +73,7 @@ class OriginServer:
         self.thread = thread
         self.files: dict[str, Answer] = {}
         self.generated_headers: dict[str, str] = {"Cache-Control": "no-store"}
+        self.generator: Callable[[dict[str, str]], bytes] = ipxe_script
         self.missing_headers: dict[str, str] = {}
         self.delay = 0.0
         self.fail_status: int | None = None
@@ -107,6 +108,7 @@ class OriginServer:
             self.requests.clear()
         self.files.clear()
         self.generated_headers = {"Cache-Control": "no-store"}
+        self.generator = ipxe_script
         self.missing_headers = {}
         self.delay, self.fail_status = 0.0, None
 
@@ -143,7 +145,7 @@ class OriginServer:
             return web.Response(status=self.fail_status, text="origin says: internal detail 0xdeadbeef")
         path = request.raw_path
         if path.endswith("/boot.ipxe"):
-            return web.Response(body=ipxe_script(headers), headers=self.generated_headers)
+            return web.Response(body=self.generator(headers), headers=self.generated_headers)
         if path.endswith("/huge.img") or path.endswith("/huge-chunked.img"):
             return await self._stream_huge(request, chunked=path.endswith("-chunked.img"))
         answer = self.files.get(path)
