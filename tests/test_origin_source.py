@@ -693,3 +693,23 @@ def test_huge_body_streams_with_bounded_memory_and_closes_on_abort(origin: Origi
 
 def test_script_generator_reads_the_headers() -> None:
     assert b"booting 1.2.3.4:5" in ipxe_script({"X-TFTP-IP": "1.2.3.4", "X-TFTP-Port": "5"})
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["http://127.0.0.1:9/a?b=1"], "invalid SOURCE"),
+        (["/nonexistent-dir,http://127.0.0.1:9/boot/"], "invalid SOURCE"),
+        (["--origin-header", "no colon here", "http://127.0.0.1:9/boot/"], "--origin-header"),
+        (["--origin-timeout", "0", "http://127.0.0.1:9/boot/"], "--origin-timeout"),
+    ],
+)
+def test_bad_origin_settings_fail_with_one_line(args: list[str], named: str) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "edgetftp", *args], capture_output=True, timeout=60, check=False
+    )
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and named in lines[0], lines
