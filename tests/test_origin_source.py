@@ -352,6 +352,30 @@ def test_cacheable_file_fetched_concurrently_costs_one_request(origin: OriginSer
     assert origin.count("/boot/ipxe.efi") == 1
 
 
+def test_concurrent_requests_share_an_unreachable_origin_but_not_an_error_status(
+    origin: OriginServer,
+) -> None:
+    origin.files["/boot/a.cfg"] = Answer(body=b"cfg")
+    source = make_source(origin.prefix(), origin_attempts=1)
+
+    async def many() -> list[BaseException | Content]:
+        opens = (source.open_for("a.cfg", ctx(port=6000 + i)) for i in range(10))
+        return list(await asyncio.gather(*opens, return_exceptions=True))
+
+    async def scenario() -> None:
+        origin.delay = 2.0  # slower than --origin-timeout 1: the first request times out ...
+        results = await many()
+        assert all(isinstance(r, OriginFailure) for r in results), results
+        assert origin.count("/boot/a.cfg") == 1  # ... and the nine waiting behind it fail with it
+        origin.delay, origin.fail_status = 0.2, 500
+        results = await many()
+        assert all(isinstance(r, OriginFailure) for r in results), results
+        # A 500 may concern one client's answer only: each of the others asked for itself.
+        assert origin.count("/boot/a.cfg") == 11
+
+    with_source(source, scenario)
+
+
 def test_max_age_then_revalidation_with_etag(origin: OriginServer) -> None:
     clock = FakeClock()
     data = b"#!ipxe\nshell\n"

@@ -68,6 +68,10 @@ class OriginFailure(SourceUnavailable):
     """The origin could not be reached, timed out, or answered 5xx: a stale copy may stand in."""
 
 
+class OriginUnreachable(OriginFailure):
+    """No answer at all (connection refused or reset, timeout): true for every client alike."""
+
+
 # --- location, request line and headers ---
 
 
@@ -233,7 +237,8 @@ class OriginClient:
             if attempt < self.options.attempts:
                 await asyncio.sleep(RETRY_BACKOFF * attempt)
         text = "timed out" if isinstance(last, TimeoutError) else f"{type(last).__name__}: {last}"
-        raise OriginFailure(f"GET {url}: {text} ({self.options.attempts} attempts)")
+        failure = OriginFailure if isinstance(last, OriginFailure) else OriginUnreachable
+        raise failure(f"GET {url}: {text} ({self.options.attempts} attempts)")
 
     async def _follow(self, url: str, headers: Mapping[str, str]) -> Any:
         from yarl import URL
@@ -367,8 +372,9 @@ class OriginStream(Content):
 class _Shared:
     """What the first of several concurrent requests for a name leaves for the others."""
 
-    failure: OriginFailure | None = None
-    """The origin was unreachable: the others fail the same way instead of queueing behind it."""
+    failure: OriginUnreachable | None = None
+    """The origin was unreachable: the others fail the same way instead of queueing behind it (an
+    HTTP error status may be about one client only, so the others ask for themselves then)."""
 
 
 class HttpSource(Source):
@@ -442,7 +448,7 @@ class HttpSource(Source):
         if leader is not None:
             shared = await asyncio.shield(leader)
             if shared.failure is not None:
-                raise shared.failure
+                return self._stale_or_raise(url, self.cache.lookup(url, headers), shared.failure)
             answer = self.cache.lookup(url, headers)
             if answer is not None and answer.fresh(self._clock()):
                 return self._from_cache(url, answer)
@@ -452,7 +458,7 @@ class HttpSource(Source):
         shared = _Shared()
         try:
             return await self._fetch(url, headers)
-        except OriginFailure as exc:
+        except OriginUnreachable as exc:
             shared = _Shared(failure=exc)
             raise
         finally:
