@@ -119,6 +119,28 @@ def test_two_clients_at_once_get_different_scripts(origin: OriginServer, served:
     assert origin.count("/boot/boot.ipxe") == 2
 
 
+@pytest.mark.parametrize("host", ["::1", "0.0.0.0"])
+def test_context_names_the_address_the_request_arrived_at(
+    origins: tuple[OriginServer, RawOrigin], host: str
+) -> None:
+    origin = origins[0]
+    origin.start()
+    origin.reset()
+    server = ServerProcess([origin.prefix()], host=host)
+    try:
+        target = ("::1" if host == "::1" else "127.0.0.1", server.port)
+        with RawClient(target, timeout=10) as client:
+            fetched = client.fetch("boot.ipxe")
+            client_port = client.sock.getsockname()[1]
+    finally:
+        server.stop()
+    (request,) = origin.logged()
+    expected_listener = f"[::1]:{server.port}" if host == "::1" else f"127.0.0.1:{server.port}"
+    assert request.headers["X-TFTP-Listener"] == expected_listener  # the arrival address, not 0.0.0.0
+    assert request.headers["X-TFTP-IP"] == target[0] and request.headers["X-TFTP-Port"] == str(client_port)
+    assert f"booting {target[0]}:{client_port}".encode() in fetched.data
+
+
 def concurrent_fetches(server: ServerProcess, name: str, out_dir: Path, clients: int) -> list[bytes]:
     """``clients`` real client processes at once (curl, atftp and busybox in turn)."""
     host, port = server.address
