@@ -12,10 +12,13 @@ or longer than its Content-Length, a reset mid-body) that a correct HTTP server 
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
@@ -69,8 +72,9 @@ class LoopThread:
 class OriginServer:
     """The test origin.  Everything a test sets (files, delay, fail_status) is read per request."""
 
-    def __init__(self, thread: LoopThread) -> None:
+    def __init__(self, thread: LoopThread, ssl_context: ssl.SSLContext | None = None) -> None:
         self.thread = thread
+        self.ssl_context = ssl_context
         self.files: dict[str, Answer] = {}
         self.generated_headers: dict[str, str] = {"Cache-Control": "no-store"}
         self.generator: Callable[[dict[str, str]], bytes] = ipxe_script
@@ -87,7 +91,8 @@ class OriginServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def prefix(self, prefix: str = "/boot/") -> str:
         return self.url + prefix
@@ -127,7 +132,7 @@ class OriginServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
+        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
         self._runner = runner
         if not self.port:
@@ -229,6 +234,48 @@ class RawOrigin:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+
+def make_test_ca(directory: Path) -> tuple[Path, ssl.SSLContext]:
+    """A throw-away CA and a certificate for 127.0.0.1 it signed: (the CA file, the server context)."""
+    ca_key, ca, key, csr, cert, ext = (
+        str(directory / name)
+        for name in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "ext.cnf")
+    )
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca_extensions = [
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]
+    _openssl(
+        "req",
+        "-x509",
+        *new_key,
+        "-keyout",
+        ca_key,
+        "-out",
+        ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        *ca_extensions,
+    )
+    _openssl("req", *new_key, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    Path(ext).write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+    signing = ["-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2", "-extfile", ext]
+    _openssl("x509", "-req", "-in", csr, "-out", cert, *signing)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return Path(ca), context
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
 
 @contextmanager

@@ -5,6 +5,7 @@ Origin request counts and request lines are read at the origin (tests/originsupp
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import subprocess
 import threading
@@ -17,7 +18,15 @@ import pytest
 
 from edgetftp.protocol import OptionAck
 from tests.conftest import ServerProcess
-from tests.originsupport import Answer, OriginServer, RawOrigin, response_bytes, running_origin
+from tests.originsupport import (
+    Answer,
+    LoopThread,
+    OriginServer,
+    RawOrigin,
+    make_test_ca,
+    response_bytes,
+    running_origin,
+)
 from tests.rawclient import Fetch, RawClient
 from tests.test_clients import fetch_with
 
@@ -139,6 +148,30 @@ def test_context_names_the_address_the_request_arrived_at(
     assert request.headers["X-TFTP-Listener"] == expected_listener  # the arrival address, not 0.0.0.0
     assert request.headers["X-TFTP-IP"] == target[0] and request.headers["X-TFTP-Port"] == str(client_port)
     assert f"booting {target[0]}:{client_port}".encode() in fetched.data
+
+
+def test_https_origin_verified_against_the_system_trust(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install openssl)")
+    ca_file, context = make_test_ca(tmp_path)
+    thread = LoopThread()
+    origin = OriginServer(thread, ssl_context=context)
+    try:
+        origin.files["/boot/menu.ipxe"] = Answer(body=b"#!ipxe\necho over TLS\n")
+        trusted = ServerProcess([origin.prefix()], env={"SSL_CERT_FILE": str(ca_file)})
+        untrusted = ServerProcess([origin.prefix()])
+        try:
+            assert fetch_raw(trusted, "menu.ipxe").data == b"#!ipxe\necho over TLS\n"
+            refused = fetch_raw(untrusted, "menu.ipxe")
+            assert refused.error is not None and refused.error.code == 0
+            assert "certificate verify failed" in untrusted.wait_for_log("origin failed")
+        finally:
+            trusted.stop()
+            untrusted.stop()
+        assert origin.count("/boot/menu.ipxe") == 1  # the untrusted one never sent its request
+    finally:
+        origin.stop()
+        thread.stop()
 
 
 def concurrent_fetches(server: ServerProcess, name: str, out_dir: Path, clients: int) -> list[bytes]:
@@ -370,16 +403,16 @@ def test_bench_origin_latency_figures(origins: tuple[OriginServer, RawOrigin], t
                 f"origin uncached {uncached:.2f} ms (+{uncached - local:.2f})"
             )
         first_answer: dict[str, list[float]] = {name: [] for name in samples}
-        with RawClient(server.address, timeout=10) as client:
+        with RawClient(server.address, timeout=10) as prober:
             for round_number in range(FIRST_ANSWER_ROUNDS):
                 names = list(samples) if round_number % 2 else list(reversed(samples))
                 for name in names:
                     started = time.perf_counter()
-                    client.rrq(name, blksize=1432, tsize=0)
-                    packet, address = client.receive()  # the OACK: resolution done
+                    prober.rrq(name, blksize=1432, tsize=0)
+                    packet, address = prober.receive()  # the OACK: resolution done
                     first_answer[name].append(time.perf_counter() - started)
                     assert isinstance(packet, OptionAck) and packet.options["tsize"] == str(len(data))
-                    client.abort(address)
+                    prober.abort(address)
         local, cached, uncached = (statistics.median(first_answer[n]) * 1000 for n in samples)
         lines.append(
             f"RRQ -> OACK, median of {FIRST_ANSWER_ROUNDS}: local {local:.3f} ms, "
