@@ -291,15 +291,13 @@ class OriginClient:
 
 async def read_body(response: Any, limit: int, timeout: float, where: str) -> bytes:
     """Up to ``limit`` bytes of the body (all of it when shorter).  A broken body raises OriginFailure."""
-    chunks: list[bytes] = []
-    held = 0
-    while held < limit:
-        chunk = await _read_chunk(response, min(READ_CHUNK, limit - held), timeout, where)
+    body = bytearray()  # one growing buffer: never the chunks and their join at once
+    while len(body) < limit:
+        chunk = await _read_chunk(response, min(READ_CHUNK, limit - len(body)), timeout, where)
         if not chunk:
             break
-        chunks.append(chunk)
-        held += len(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return bytes(body)
 
 
 async def _read_chunk(response: Any, limit: int, timeout: float, where: str) -> bytes:
@@ -320,7 +318,7 @@ class OriginStream(Content):
         self.size = UNKNOWN_SIZE if size is None else size
         self._known = size is not None
         self._response: Any = response
-        self._pending = prefix
+        self._pending = memoryview(prefix)  # what was read to learn the size; sliced without copies
         self._position = 0
         self._timeout = timeout
         self._where = where
@@ -335,7 +333,7 @@ class OriginStream(Content):
         wanted = min(length, self.size - self._position)
         parts, held = [], 0
         if self._pending:
-            parts.append(self._pending[:wanted])
+            parts.append(bytes(self._pending[:wanted]))
             held = len(parts[0])
             self._pending = self._pending[held:]
         while held < wanted:
