@@ -376,6 +376,48 @@ def test_concurrent_requests_share_an_unreachable_origin_but_not_an_error_status
     with_source(source, scenario)
 
 
+class CountingObserver:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def cache_event(self, kind: str) -> None:
+        self.events.append(kind)
+
+    def store_call(self, operation: str, failed: bool) -> None:
+        self.events.append(f"{operation} {'failed' if failed else 'ok'}")
+
+    def source_error(self, kind: str) -> None:
+        self.events.append(f"error {kind}")
+
+
+def test_observer_sees_requests_and_cache_events(origin: OriginServer) -> None:
+    clock = FakeClock()
+    origin.files["/boot/a.cfg"] = Answer(body=b"cfg", headers={"Cache-Control": "max-age=5", "ETag": '"e"'})
+    observer = CountingObserver()
+    settings = Settings(source=origin.prefix(), origin_timeout=1.0, origin_attempts=1)
+    source = http_source_from_settings(settings, origin.prefix(), clock=clock, observer=observer)
+
+    async def scenario() -> None:
+        await fetch(source, "a.cfg")
+        await fetch(source, "a.cfg")
+        clock.advance(6)
+        await fetch(source, "a.cfg")
+        clock.advance(6)
+        origin.stop()
+        try:
+            await fetch(source, "a.cfg")
+        finally:
+            origin.start()
+
+    with_source(source, scenario)
+    assert observer.events == [
+        *["miss", "GET ok"],
+        "hit",
+        *["miss", "GET ok", "revalidated"],
+        *["miss", "GET failed", "error unavailable", "stale-served"],
+    ]
+
+
 def test_max_age_then_revalidation_with_etag(origin: OriginServer) -> None:
     clock = FakeClock()
     data = b"#!ipxe\nshell\n"

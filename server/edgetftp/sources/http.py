@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from loguru import logger
@@ -62,6 +62,30 @@ HEALTH_FRESH_SECONDS = 10.0
 RENEWED_HEADERS = ("Cache-Control", "Expires", "Date", "Age", "ETag", "Last-Modified", "Vary")
 
 EMPTY = memoryview(b"")
+
+
+class OriginObserver(Protocol):
+    """What the origin source reports for metrics (the same calls as the sources' observer)."""
+
+    def cache_event(self, kind: str) -> None:
+        """hit, negative-hit, miss, revalidated, stale-served."""
+
+    def store_call(self, operation: str, failed: bool) -> None:
+        """One request to the origin ("GET"), and whether it failed (no answer, or 5xx)."""
+
+    def source_error(self, kind: str) -> None:
+        """The origin itself failed ("unavailable"), not one request's answer."""
+
+
+class NullOriginObserver:
+    def cache_event(self, kind: str) -> None:
+        pass
+
+    def store_call(self, operation: str, failed: bool) -> None:
+        pass
+
+    def source_error(self, kind: str) -> None:
+        pass
 
 
 class OriginFailure(SourceUnavailable):
@@ -183,8 +207,15 @@ class OriginOptions:
 class OriginClient:
     """One long-lived aiohttp session: bounded connections, timeouts, retries, checked redirects."""
 
-    def __init__(self, options: OriginOptions, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        options: OriginOptions,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        observer: OriginObserver | None = None,
+    ) -> None:
         self.options = options
+        self.observer: OriginObserver = observer or NullOriginObserver()
         self._clock = clock
         self._session: Any = None
         self._last_answer: float | None = None
@@ -227,8 +258,10 @@ class OriginClient:
             try:
                 response = await self._follow(url, headers)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.observer.store_call("GET", True)
                 last = exc
             else:
+                self.observer.store_call("GET", response.status >= 500)
                 self._last_answer = self._clock()
                 if response.status not in RETRY_STATUSES or attempt == self.options.attempts:
                     return response
@@ -238,6 +271,7 @@ class OriginClient:
                 await asyncio.sleep(RETRY_BACKOFF * attempt)
         text = "timed out" if isinstance(last, TimeoutError) else f"{type(last).__name__}: {last}"
         failure = OriginFailure if isinstance(last, OriginFailure) else OriginUnreachable
+        self.observer.source_error("unavailable")
         raise failure(f"GET {url}: {text} ({self.options.attempts} attempts)")
 
     async def _follow(self, url: str, headers: Mapping[str, str]) -> Any:
@@ -428,6 +462,7 @@ class HttpSource(Source):
         fresh = self.open_now_for(path, context)
         if fresh is not None:
             return fresh
+        self.client.observer.cache_event("miss")
         async with asyncio.timeout(self.options.deadline):
             return await self._collapsed(url, headers)
 
@@ -491,6 +526,7 @@ class HttpSource(Source):
             renewed = {**stored.headers, **_picked(response.headers)}
             stored.renew(self._policy(304, renewed), renewed, self._clock())
             self.cache.stats.revalidated += 1
+            self.client.observer.cache_event("revalidated")
             return MemoryContent(stored.body)
         if status in (404, 410):
             policy = self._policy(status, response.headers)
@@ -535,8 +571,10 @@ class HttpSource(Source):
     def _from_cache(self, url: str, answer: CachedAnswer) -> Content:
         if answer.body is None:
             self.cache.stats.negative_hits += 1
+            self.client.observer.cache_event("negative-hit")
             raise FileNotFound(f"GET {url}: HTTP {answer.status} (cached)")
         self.cache.stats.hits += 1
+        self.client.observer.cache_event("hit")
         return MemoryContent(answer.body)
 
     def _stale_or_raise(self, url: str, stored: CachedAnswer | None, error: OriginFailure) -> Content:
@@ -546,6 +584,7 @@ class HttpSource(Source):
             raise error
         logger.warning("origin failed, serving the cached copy of {}: {}", url, error)
         self.cache.stats.stale_served += 1
+        self.client.observer.cache_event("stale-served")
         stored.fresh_until = min(now + STALE_RETRY_SECONDS, stored.stale_until)
         return MemoryContent(stored.body)
 
@@ -572,11 +611,15 @@ def origin_options_from_settings(settings: Settings) -> OriginOptions:
 
 
 def http_source_from_settings(
-    settings: Settings, url: str, *, clock: Callable[[], float] = time.monotonic
+    settings: Settings,
+    url: str,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    observer: OriginObserver | None = None,
 ) -> HttpSource:
     """The origin source for ``url`` (one SOURCE layer).  Nothing touches the network yet."""
     options = origin_options_from_settings(settings)
-    client = OriginClient(options, clock=clock)
+    client = OriginClient(options, clock=clock, observer=observer)
     cache = HttpCache(total_bytes=settings.cache_bytes, object_max=settings.cache_object_max, clock=clock)
     return HttpSource(parse_origin_url(url), client, cache, clock=clock)
 
@@ -586,6 +629,7 @@ __all__ = [
     "OriginClient",
     "OriginFailure",
     "OriginLocation",
+    "OriginObserver",
     "OriginOptions",
     "OriginStream",
     "context_headers",
