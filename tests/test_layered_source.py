@@ -86,6 +86,20 @@ def test_settings_build_the_layers_in_order(baked: Path, origin: OriginServer) -
     assert source.description == f"{baked} over {origin.prefix()}"
 
 
+def test_every_kind_of_layer_is_built_from_settings(
+    baked: Path, origin: OriginServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgetftp.sources.s3 import S3Location, S3Source
+
+    monkeypatch.setenv("EDGETFTP_SOURCE", f"{baked},s3://bucket/boot,{origin.prefix()}")
+    source = build_source(load_settings([]))  # nothing touches the network before start()
+    assert isinstance(source, LayeredSource)
+    local, s3, http = source.layers
+    assert isinstance(local, LocalSource) and isinstance(s3, S3Source) and isinstance(http, HttpSource)
+    assert s3.location == S3Location("bucket", "boot/") and http.location.base == origin.prefix()
+    assert not source.errors_fall_through
+
+
 def test_first_layer_that_has_the_name_wins(baked: Path, origin: OriginServer) -> None:
     origin.files["/boot/shared.cfg"] = Answer(body=b"from the origin")
     origin.files["/boot/menu.ipxe"] = Answer(body=b"#!ipxe\n")
