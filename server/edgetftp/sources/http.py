@@ -463,8 +463,11 @@ class HttpSource(Source):
         if fresh is not None:
             return fresh
         self.client.observer.cache_event("miss")
-        async with asyncio.timeout(self.options.deadline):
-            return await self._collapsed(url, headers)
+        try:
+            async with asyncio.timeout(self.options.deadline):
+                return await self._collapsed(url, headers)
+        except TimeoutError:
+            raise OriginUnreachable(f"GET {url}: no answer within {self.options.deadline:.0f}s") from None
 
     async def check(self) -> bool:
         return await self.client.check(self.location.base)
