@@ -382,6 +382,8 @@ class OriginStream(Content):
             parts.append(chunk)
             held += len(chunk)
         self._position += held
+        if self._known and self._position == self.size:
+            self._finished()  # all of it read: the connection can serve another request
         if held < wanted and self._known:
             raise SourceUnavailable(f"{self._where}: body ended at byte {self._position} of {self.size}")
         return b"".join(parts)
@@ -527,7 +529,10 @@ class HttpSource(Source):
         where = f"GET {url}"
         if status == 304 and stored is not None and stored.body is not None:
             renewed = {**stored.headers, **_picked(response.headers)}
-            stored.renew(self._policy(304, renewed), renewed, self._clock())
+            policy = self._policy(304, renewed)
+            stored.renew(policy, renewed, self._clock())
+            if not policy.storable:  # the origin no longer allows keeping it: serve it this once
+                self.cache.forget(url, headers)
             self.cache.stats.revalidated += 1
             self.client.observer.cache_event("revalidated")
             return MemoryContent(stored.body)
