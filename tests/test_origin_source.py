@@ -12,11 +12,15 @@ import gzip
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from string import ascii_letters, digits
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from edgetftp.policy import PolicyError, normalize
 from edgetftp.settings import Settings
 from edgetftp.sources.base import AccessDenied, Content, FileNotFound, RequestContext, SourceUnavailable
 from edgetftp.sources.http import (
@@ -39,6 +43,7 @@ from tests.originsupport import (
 )
 
 MiB = 1 << 20
+URL_SAFE = set(ascii_letters + digits + "-._~%")
 
 
 class FakeClock:
@@ -152,6 +157,21 @@ def test_origin_url_keeps_the_prefix_a_directory() -> None:
 )
 def test_each_segment_is_escaped(path: str, tail: str) -> None:
     assert parse_origin_url("http://o/p/").url_for(path) == "http://o/p/" + tail
+
+
+@given(st.text(max_size=120))
+def test_any_accepted_name_stays_literal_segments_under_the_prefix(name: str) -> None:
+    try:
+        path = normalize(name)
+    except PolicyError:
+        return
+    url = parse_origin_url("http://o/p%20q/").url_for(path)
+    parts = urlsplit(url)
+    assert not parts.query and not parts.fragment and parts.netloc == "o"
+    assert parts.path.startswith("/p%20q/")
+    segments = parts.path.removeprefix("/p%20q/").split("/")
+    assert all(set(segment) <= URL_SAFE for segment in segments)  # nothing a server could reinterpret
+    assert [unquote(segment) for segment in segments] == path.split("/")
 
 
 @pytest.mark.parametrize("path", ["", "..", "a/../b", "./a", "a//b", "a/", "/a", "a\\b", "a\0b"])
@@ -394,7 +414,8 @@ def test_observer_sees_requests_and_cache_events(origin: OriginServer) -> None:
     clock = FakeClock()
     origin.files["/boot/a.cfg"] = Answer(body=b"cfg", headers={"Cache-Control": "max-age=5", "ETag": '"e"'})
     observer = CountingObserver()
-    settings = Settings(source=origin.prefix(), origin_timeout=1.0, origin_attempts=1)
+    options: dict[str, Any] = {"source": origin.prefix(), "origin_timeout": 1.0, "origin_attempts": 1}
+    settings = Settings(**options)
     source = http_source_from_settings(settings, origin.prefix(), clock=clock, observer=observer)
 
     async def scenario() -> None:
