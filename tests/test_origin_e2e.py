@@ -174,6 +174,39 @@ def test_https_origin_verified_against_the_system_trust(tmp_path: Path) -> None:
         thread.stop()
 
 
+def test_static_headers_from_the_environment_reach_the_origin_and_not_the_log(
+    origins: tuple[OriginServer, RawOrigin],
+) -> None:
+    origin = origins[0]
+    origin.start()
+    origin.reset()
+    secrets = "Authorization: Bearer tok-5ecret\nX-Fleet: lab, rack 4"
+    server = ServerProcess(
+        ["--log-level", "DEBUG", "--origin-header", "X-Extra: 1", origin.prefix()],
+        env={"EDGETFTP_ORIGIN_HEADER": secrets},
+    )
+    try:
+        assert fetch_raw(server, "boot.ipxe").data.startswith(b"#!ipxe")
+        log = server.log()
+    finally:
+        server.stop()
+    (request,) = origin.logged()
+    # The command line wins over the environment (pydantic-settings): only X-Extra is sent here.
+    assert request.headers.get("X-Extra") == "1" and "Authorization" not in request.headers
+    server = ServerProcess(["--log-level", "DEBUG", origin.prefix()], env={"EDGETFTP_ORIGIN_HEADER": secrets})
+    try:
+        assert fetch_raw(server, "boot.ipxe").data.startswith(b"#!ipxe")
+        log += server.log()
+    finally:
+        server.stop()
+    request = origin.logged()[-1]
+    assert (
+        request.headers["Authorization"] == "Bearer tok-5ecret"
+        and request.headers["X-Fleet"] == "lab, rack 4"
+    )
+    assert "tok-5ecret" not in log
+
+
 def concurrent_fetches(server: ServerProcess, name: str, out_dir: Path, clients: int) -> list[bytes]:
     """``clients`` real client processes at once (curl, atftp and busybox in turn)."""
     host, port = server.address
