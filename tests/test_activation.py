@@ -23,6 +23,8 @@ import pytest
 from edgetftp.activation import ActivationError, inherited_udp_sockets
 from tests.conftest import ContentTree, free_port, free_tcp_port
 
+pytestmark = pytest.mark.integration
+
 ACTIVATE = shutil.which("systemd-socket-activate")
 needs_activate = pytest.mark.skipif(
     ACTIVATE is None, reason="systemd-socket-activate is not installed (Debian: apt-get install systemd)"

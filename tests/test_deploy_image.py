@@ -528,7 +528,7 @@ print(json.dumps({"sha256": hashlib.sha256(data).hexdigest(), "server_port": ser
 
 @needs_engine
 def test_serves_udp_69_inside_the_container_as_nonroot(
-    client: docker.DockerClient, image: Image, containers: list[Container]
+    client: DockerClient, image: Image, containers: list[Container]
 ) -> None:
     """The image's own settings (0.0.0.0:69, EDGETFTP_USER) in a network namespace of its own."""
     container = client.containers.run(image.id, detach=True, network_mode="none")

@@ -20,6 +20,8 @@ from edgetftp.sources.local import LocalSource
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient
 
+pytestmark = pytest.mark.integration
+
 ENTRIES = 50_000
 MISSES = 200
 SCANNERS = 100  # concurrent sessions from one address stay under --max-sessions-per-client

@@ -22,6 +22,8 @@ from edgetftp.protocol import Data, Error, OptionAck
 from tests.conftest import ServerProcess, free_tcp_port
 from tests.rawclient import RawClient
 
+pytestmark = pytest.mark.integration
+
 SIZE = 4 * 2**20
 BLKSIZE = 1432
 OLD = random.Random(4).randbytes(SIZE)

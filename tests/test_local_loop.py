@@ -14,9 +14,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from edgetftp.protocol import Data
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient
+
+pytestmark = pytest.mark.integration
 
 BIG = 64 * 2**20  # the default --cache-object-max: read whole into memory
 

@@ -13,9 +13,13 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from edgetftp.protocol import Data
 from tests.conftest import ServerProcess, free_tcp_port
 from tests.rawclient import RawClient
+
+pytestmark = pytest.mark.slow
 
 MiB = 2**20
 FILE_SIZE = 56 * MiB

@@ -26,6 +26,8 @@ from edgetftp.sources.local import LocalSource
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient
 
+pytestmark = pytest.mark.integration
+
 RACE_SECONDS = 10.0
 INSIDE = b"I" * 3000
 OUTSIDE = b"O" * 3000

@@ -26,6 +26,7 @@ def run(awaitable: Awaitable[T]) -> T:
 
     return asyncio.run(main())
 
+
 pytestmark = pytest.mark.unit
 
 

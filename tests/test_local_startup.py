@@ -19,6 +19,8 @@ import pytest
 from tests.conftest import ServerProcess, free_port
 from tests.rawclient import RawClient
 
+pytestmark = pytest.mark.integration
+
 
 def run_to_exit(
     *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()

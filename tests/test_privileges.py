@@ -27,6 +27,8 @@ from tests.rawclient import RawClient
 
 from edgetftp.protocol import Data  # isort: skip
 
+pytestmark = pytest.mark.integration
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 NOBODY = pwd.getpwnam("nobody")
 BIG_FILE_BYTES = 300_000

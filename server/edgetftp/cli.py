@@ -58,10 +58,32 @@ def build_source(
     clock: Callable[[], float] = time.monotonic,
     observer: SourceObserver | None = None,
 ) -> Source:
-    """The source for ``settings.source``; the one place Settings become source options."""
-    if settings.is_s3:
+    """The source for SOURCE: one layer, or several stacked (the first that has a file serves it).
+
+    The one place Settings become source options.
+    """
+    layers = [
+        build_layer(settings, layer, clock=clock, observer=observer) for layer in settings.source_layers
+    ]
+    if len(layers) == 1:
+        return layers[0]
+    from edgetftp.sources.layered import LayeredSource
+
+    return LayeredSource(layers, errors_fall_through=settings.layer_errors_fall_through)
+
+
+def build_layer(
+    settings: Settings,
+    layer: str,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    observer: SourceObserver | None = None,
+) -> Source:
+    scheme = layer.split("://", 1)[0].lower() if "://" in layer else ""
+    if scheme == "s3":
         from edgetftp.sources.cache import CacheLimits
-        from edgetftp.sources.s3 import S3Options, build_s3_source  # the s3 extra: see require_s3_extra
+        from edgetftp.sources.s3 import S3Options, build_s3_source  # see require_source_extras
+
         options = S3Options(
             region=settings.region,
             endpoint_url=settings.endpoint_url,
@@ -80,19 +102,23 @@ def build_source(
             ttl=settings.cache_ttl,
             negative_ttl=settings.negative_cache_ttl,
         )
-        return build_s3_source(settings.source, options, limits, clock=clock, observer=observer)
+        return build_s3_source(layer, options, limits, clock=clock, observer=observer)
+    if scheme in ("http", "https"):
+        from edgetftp.sources.http import http_source_from_settings  # see require_source_extras
+
+        return http_source_from_settings(settings, layer, clock=clock, observer=observer)
     from edgetftp.sources.local import LocalSource
 
     try:
         return LocalSource(
-            settings.source,
+            layer,
             case_insensitive=settings.case_insensitive,
             cache_bytes=settings.cache_bytes,
             object_max=settings.cache_object_max,
             observer=observer,
         )
     except OSError as exc:
-        detail = f"cannot open {settings.source}: {exc.strerror}"
+        detail = f"cannot open {layer}: {exc.strerror}"
         raise StartupError(f"invalid SOURCE (EDGETFTP_SOURCE): {detail}") from None
 
 
@@ -245,17 +271,28 @@ async def _check_source(source: Source, timeout: float) -> bool:
         return False
 
 
-S3_EXTRA_MODULES = ("aioboto3", "aiobotocore", "botocore", "aiohttp")
+#: What each remote SOURCE scheme imports lazily, and the extra that installs it.
+SOURCE_EXTRAS = {
+    "s3": ("S3 source", "s3", ("aioboto3", "aiobotocore", "botocore", "aiohttp")),
+    "http": ("HTTP origin source", "origin", ("aiohttp",)),
+    "https": ("HTTP origin source", "origin", ("aiohttp",)),
+}
 
 
-def require_s3_extra() -> None:
-    """Fail with one line when the ``s3`` extra is not installed (aioboto3 is imported only later,
-    in the source's start(), where a missing module would end in a traceback)."""
-    missing = [name for name in S3_EXTRA_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise StartupError(
-            f"S3 source needs the s3 extra: pip install -e '.[s3]' ({', '.join(missing)} not installed)"
-        )
+def require_source_extras(settings: Settings) -> None:
+    """Fail with one line when a layer's extra is not installed (its libraries are imported only
+    later, in the source's start(), where a missing module would end in a traceback)."""
+    for layer in settings.source_layers:
+        scheme = layer.split("://", 1)[0].lower() if "://" in layer else ""
+        if scheme not in SOURCE_EXTRAS:
+            continue
+        what, extra, modules = SOURCE_EXTRAS[scheme]
+        missing = [name for name in modules if importlib.util.find_spec(name) is None]
+        if missing:
+            raise StartupError(
+                f"{what} needs the {extra} extra: pip install -e '.[{extra}]' "
+                f"({', '.join(missing)} not installed)"
+            )
 
 
 def _event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
@@ -278,8 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.debug("settings parsed in {:.3f}s", time.monotonic() - started)
     factory = _event_loop_factory()
     try:
-        if settings.is_s3:
-            require_s3_extra()
+        require_source_extras(settings)
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(serve(settings))
     except StartupError as exc:

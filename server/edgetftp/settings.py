@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from edgetftp.privileges import PrivilegeError, resolve_identity
 
 DEFAULT_PORT = 69
 ENV_PREFIX = "EDGETFTP_"
+_HEADER_SPLIT = re.compile(r"\n|,(?=\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+:)")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -101,7 +103,10 @@ class Settings(BaseModel):
 
     source: str = Field(
         None,  # type: ignore[assignment]  # optional on the command line when EDGETFTP_SOURCE is set
-        description="a directory of files to serve, or s3://bucket/prefix/",
+        description=(
+            "a directory of files to serve, s3://bucket/prefix/ or http(s)://origin/prefix/; several, "
+            "comma-separated, are layers: the first that has a file serves it"
+        ),
         json_schema_extra=_meta("SOURCE"),
     )
 
@@ -273,6 +278,51 @@ class Settings(BaseModel):
         "them (/healthz stays unhealthy until S3 answers)",
     )
 
+    # --- HTTP origin source and layers ---
+    origin_header: list[str] = Field(
+        [],
+        description=(
+            "'Name: value' header sent with every origin request, repeatable (env: one per line; "
+            "keep secrets in EDGETFTP_ORIGIN_HEADER)"
+        ),
+        json_schema_extra=_meta("'NAME: VALUE'"),
+    )
+    origin_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="seconds for an origin connect, response headers, or body chunk",
+        json_schema_extra=_meta("SECONDS"),
+    )
+    origin_attempts: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="tries per origin request on connection failures and 502/503/504",
+        json_schema_extra=_meta("N"),
+    )
+    origin_pool: int = Field(
+        32, ge=1, le=1024, description="HTTP connections to the origin at most", json_schema_extra=_meta("N")
+    )
+    origin_buffer_max: int = Field(
+        8 * 2**20,
+        ge=0,
+        description="origin bodies up to this are read before answering (tsize, caching); larger ones stream",
+        json_schema_extra=_meta("BYTES"),
+    )
+    origin_stale_if_error: float = Field(
+        300.0,
+        ge=0,
+        description="seconds past expiry a cached origin answer may stand in for a failing origin",
+        json_schema_extra=_meta("SECONDS"),
+    )
+    origin_cross_host_redirects: bool = Field(
+        False, description="follow origin redirects to another host (refused by default)"
+    )
+    layer_errors_fall_through: bool = Field(
+        False, description="with several SOURCE layers, try the next layer when one fails (not only on 404)"
+    )
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
@@ -311,30 +361,36 @@ class Settings(BaseModel):
                 raise ValueError(f"not a file extension: {ext!r}")
         return value
 
+    @field_validator("origin_header", mode="before")
+    @classmethod
+    def _split_origin_headers(cls, value: object) -> object:
+        # The environment gives one string (a header per line); the command line joins repeated
+        # flags with commas, so a comma starts a new header only where "Name:" follows.
+        if isinstance(value, str):
+            return [part.strip() for part in _HEADER_SPLIT.split(value) if part.strip()]
+        return value
+
+    @field_validator("origin_header")
+    @classmethod
+    def _check_origin_headers(cls, value: list[str]) -> list[str]:
+        from edgetftp.sources.http import parse_header_line
+
+        for line in value:
+            parse_header_line(line)
+        return value
+
     @field_validator("source", mode="before")
     @classmethod
     def _check_source(cls, value: str | None) -> str:
         if value is None:
             raise ValueError("missing: give a directory or s3://bucket/prefix/ (or set EDGETFTP_SOURCE)")
         if not value.strip():
-            raise ValueError("empty: give a directory or s3://bucket/prefix/ (an empty value is not '.')")
-        if "://" in value:
-            scheme = value.split("://", 1)[0].lower()
-            if scheme != "s3":
-                raise ValueError(f"unknown scheme {scheme!r}: use a directory or s3://bucket/prefix/")
-            bucket = value.split("://", 1)[1].split("/", 1)[0]
-            if not bucket:
-                raise ValueError("missing bucket name in s3://bucket/prefix/")
-            return value
-        root = Path(value)
-        if not root.is_dir():
-            raise ValueError(f"not a directory: {value}")
-        if not os.access(root, os.R_OK | os.X_OK):
-            raise ValueError(f"cannot search and list directory {value} (needs r and x permission)")
-        try:
-            next(iter(root.iterdir()), None)
-        except OSError as exc:
-            raise ValueError(f"cannot read directory {value}: {exc.strerror}") from exc
+            raise ValueError("empty: give a directory, s3://bucket/prefix/ or http(s)://origin/prefix/")
+        layers = split_layers(value)
+        if not layers:
+            raise ValueError("empty: give a directory, s3://bucket/prefix/ or http(s)://origin/prefix/")
+        for layer in layers:
+            _check_layer(layer)
         return value
 
     @model_validator(mode="after")
@@ -370,8 +426,45 @@ class Settings(BaseModel):
         return frozenset(split_extensions(self.allow_extensions))
 
     @property
-    def is_s3(self) -> bool:
-        return self.source.lower().startswith("s3://")
+    def source_layers(self) -> list[str]:
+        """The SOURCE layers in order (one for a plain SOURCE)."""
+        return split_layers(self.source)
+
+
+def _check_layer(value: str) -> None:
+    """One SOURCE layer: an existing directory, s3://bucket/prefix/ or http(s)://host/prefix/."""
+    if "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        if scheme in ("http", "https"):
+            _check_origin_url(value)
+            return
+        if scheme != "s3":
+            raise ValueError(f"unknown scheme {scheme!r}: use a directory, s3://, http:// or https://")
+        bucket = value.split("://", 1)[1].split("/", 1)[0]
+        if not bucket:
+            raise ValueError("missing bucket name in s3://bucket/prefix/")
+        return
+    root = Path(value)
+    if not root.is_dir():
+        raise ValueError(f"not a directory: {value}")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise ValueError(f"cannot search and list directory {value} (needs r and x permission)")
+    try:
+        next(iter(root.iterdir()), None)
+    except OSError as exc:
+        raise ValueError(f"cannot read directory {value}: {exc.strerror}") from exc
+    return
+
+
+def _check_origin_url(value: str) -> None:
+    from edgetftp.sources.http import parse_origin_url  # no aiohttp: parsing only
+
+    parse_origin_url(value)
+
+
+def split_layers(value: str) -> list[str]:
+    """``"/srv/tftp, https://o/boot/"`` -> ``["/srv/tftp", "https://o/boot/"]`` (the first layer wins)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def parse_listen_list(text: str) -> list[ListenAddress]:
@@ -445,7 +538,7 @@ def default_text(field: FieldInfo) -> str:
     """The default as the README and --help show it: ``on``/``off``, ``unset``, or the value."""
     if isinstance(field.default, bool):
         return "on" if field.default else "off"
-    if field.default in (None, ""):
+    if field.default in (None, "", []):
         return "unset"
     return str(field.default)
 
@@ -490,8 +583,14 @@ def _add_option(parser: argparse.ArgumentParser, name: str, field: FieldInfo) ->
         parser.add_argument(flag, dest=name, action=action, default=argparse.SUPPRESS, help=_escape(text))
         return
     text = f"{field.description} (env {envs}; default: {default_text(field)})"
+    repeatable = isinstance(field.default, list)  # --origin-header A --origin-header B
     parser.add_argument(
-        flag, dest=name, metavar=metavar(name, field), default=argparse.SUPPRESS, help=_escape(text)
+        flag,
+        dest=name,
+        metavar=metavar(name, field),
+        action="append" if repeatable else "store",
+        default=argparse.SUPPRESS,
+        help=_escape(text),
     )
 
 

@@ -39,7 +39,7 @@ from edgetftp.protocol.events import Outcome, TransferEnded
 from edgetftp.protocol.packets import ReadRequest, decode, encode_error
 from edgetftp.protocol.transfer import ReadTransfer, TransferConfig
 from edgetftp.settings import PortMode
-from edgetftp.sources.base import Content, Source, SourceError
+from edgetftp.sources.base import Content, RequestContext, Source, SourceError
 
 RECEIVE_BUFFER = 65536
 UDP_SEGMENT = 103  # Linux UDP GSO (4.18+): one send, many datagrams of one size
@@ -344,29 +344,42 @@ class TftpServer:
             self._loop.add_reader(endpoint.sock.fileno(), self._on_session_readable, session)
         if not transfer.ended:
             try:
-                self._resolve(session, request)
+                self._resolve(session, request, self._context(request, peer, arrival))
             except Exception as exc:  # a bug must end this session cleanly, never leave it dangling
                 transfer.abort(ErrorCode.NOT_DEFINED, "Internal error", now, Outcome.CANCELLED, repr(exc))
                 self.observer.internal_error("request", exc)
         self._flush(session)
 
-    def _resolve(self, session: Session, request: ReadRequest) -> None:
+    def _context(self, request: ReadRequest, peer: Peer, arrival: Arrival) -> RequestContext:
+        """What a dynamic source may answer by: the client, the name as asked, the listener."""
+        listener = self.local_address
+        if listener is not None and arrival.local_ip is not None:
+            listener = (arrival.local_ip, listener[1])
+        return RequestContext(
+            client=peer,
+            filename=request.filename,
+            mode=request.mode,
+            options=dict(request.options),
+            listener=listener,
+        )
+
+    def _resolve(self, session: Session, request: ReadRequest, context: RequestContext) -> None:
         now = self._loop.time()
         try:
             path = self.config.policy.check(request.filename)
-            content = self.source.open_now(path)
+            content = self.source.open_now_for(path, context)
         except (PolicyError, SourceError) as exc:
             session.transfer.reject(exc.error_code, exc.public_message, now, str(exc))
             return
         if content is None:
-            self._spawn(session, self._open_slowly(session, path))
+            self._spawn(session, self._open_slowly(session, path, context))
         else:
             self._start(session, content)
 
-    async def _open_slowly(self, session: Session, path: str) -> None:
+    async def _open_slowly(self, session: Session, path: str, context: RequestContext) -> None:
         try:
             async with asyncio.timeout(self.config.open_timeout):
-                content = await self.source.open(path)
+                content = await self.source.open_for(path, context)
         except (SourceError, TimeoutError) as exc:
             if not session.closed:
                 error = exc if isinstance(exc, SourceError) else SourceError(f"open timed out: {path}")
@@ -382,7 +395,7 @@ class TftpServer:
     def _start(self, session: Session, content: Content) -> None:
         session.content = content
         now = self._loop.time()
-        session.transfer.accept(content.size, now)
+        session.transfer.accept(content.tsize, now)  # None: tsize left out of the OACK
         if content.memory is not None:
             session.offset = content.size
             session.transfer.feed(content.memory, True, now)

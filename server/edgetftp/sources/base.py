@@ -11,7 +11,9 @@ streamed with ``read(offset, length)``.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from edgetftp.protocol.codes import ErrorCode
@@ -83,6 +85,14 @@ class Content(abc.ABC):
     #: The whole file when it is held in memory (shared; never mutated), else None.
     memory: memoryview | None = None
 
+    @property
+    def tsize(self) -> int | None:
+        """The size to announce (RFC 2349), or None when it is not known before the end.
+
+        Content of unknown size sets ``size`` to UNKNOWN_SIZE and ends with a short read.
+        """
+        return self.size
+
     @abc.abstractmethod
     async def read(self, offset: int, length: int) -> bytes:
         """Return up to ``length`` bytes from ``offset``; fewer only at the end of the file.
@@ -120,6 +130,34 @@ class SourceStatus:
     """One line for the log (and for the exit message when fatal)."""
 
 
+#: ``Content.size`` of a stream whose length is learnt only at its end (an HTTP body without length).
+UNKNOWN_SIZE = 2**63 - 1
+
+
+def new_request_id() -> str:
+    """A short random id that ties a TFTP request to the origin's logs."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who asked for a file and how: what a dynamic source (an HTTP origin) may answer by.
+
+    Sources that serve static bytes ignore it.
+    """
+
+    client: tuple[str, int]
+    """The client's address and port."""
+    filename: str
+    """The file name exactly as the RRQ carried it (before the path policy)."""
+    mode: str = "octet"
+    options: Mapping[str, str] = field(default_factory=dict)
+    """The options the client asked for (name -> value, names in lower case)."""
+    listener: tuple[str, int] | None = None
+    """The server address and port the request arrived at, when known."""
+    request_id: str = field(default_factory=new_request_id)
+
+
 class Source(abc.ABC):
     """A read-only tree of files."""
 
@@ -137,6 +175,18 @@ class Source(abc.ABC):
         SourceError (a remembered "not found", say).
         """
         return None
+
+    async def open_for(self, path: str, context: RequestContext) -> Content:
+        """``open`` for one request whose context may change the answer (an HTTP origin).
+
+        The transport calls this (and ``open_now_for``); sources that serve the same bytes to
+        everyone keep the default, which ignores the context.
+        """
+        return await self.open(path)
+
+    def open_now_for(self, path: str, context: RequestContext) -> Content | None:
+        """``open_now`` for one request (see ``open_for``)."""
+        return self.open_now(path)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Acquire long-lived resources (clients, pools) before the server takes requests."""
