@@ -23,6 +23,8 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from tests.serverproc import READY_PROBE_NAME
+
 T = TypeVar("T")
 MiB = 1 << 20
 
@@ -122,8 +124,9 @@ class OriginServer:
             return sum(1 for r in self.requests if r.raw_path == raw_path and r.method == method)
 
     def logged(self) -> list[Logged]:
+        """The requests the origin received, less the server-process helper's readiness probes."""
         with self._lock:
-            return list(self.requests)
+            return [request for request in self.requests if READY_PROBE_NAME not in request.raw_path]
 
     # --- serving ---
 

@@ -124,10 +124,12 @@ def test_open_now_answers_from_memory_through_the_layers(baked: Path, origin: Or
     source = layered(str(baked), origin.prefix())
 
     async def scenario() -> None:
+        await source.open_for("undionly.kpxe", ctx("undionly.kpxe"))  # a cold local file is read off the loop
         assert body(source.open_now_for("undionly.kpxe", ctx("undionly.kpxe")) or _fail()) == b"K" * 70_000
         assert source.open_now_for("menu.ipxe", ctx("menu.ipxe")) is None  # the origin must be asked
         await source.open_for("menu.ipxe", ctx("menu.ipxe"))
         assert body(source.open_now_for("menu.ipxe", ctx("menu.ipxe")) or _fail()) == b"#!ipxe\n"
+        assert origin.count("/boot/menu.ipxe") == 1
 
     with_source(source, scenario)
 

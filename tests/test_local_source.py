@@ -140,7 +140,10 @@ def test_open_now_answers_from_memory_only(tree: Path) -> None:
     assert read(source, "a.efi") == b"A" * 1000
     warm = source.open_now("a.efi")
     assert warm is not None and warm.memory is not None and bytes(warm.memory) == b"A" * 1000
-    assert source.open_now("nope.efi") is None  # misses are open()'s to answer
+    with pytest.raises(FileNotFound):  # a missing name is answered at once (metadata only)
+        source.open_now("nope.efi")
+    insensitive = LocalSource(tree, case_insensitive=True)
+    assert insensitive.open_now("NOPE.efi") is None  # may need a directory listing: open()'s to answer
 
 
 def test_concurrent_opens_share_one_copy_and_changes_are_seen(tree: Path) -> None:

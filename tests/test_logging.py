@@ -52,7 +52,7 @@ def test_json_log_lines_are_flat_ecs_objects(start_server: StartServer, content:
     with RawClient(server.address) as client:
         assert len(client.fetch("s1024.bin", blksize=512).data) == 1024
         assert client.fetch("no-such-file.bin").error is not None
-    server.wait_for_log('"tftp.outcome":"rejected"')
+    server.wait_for_log('"file.path":"no-such-file.bin"')  # (the readiness probe is rejected too)
     raw_lines = [line for line in server.log().splitlines() if line.strip()]
     records = json_lines(server)  # every line parses on its own
     assert len(records) == len(raw_lines) >= 3
@@ -77,7 +77,7 @@ def test_json_log_lines_are_flat_ecs_objects(start_server: StartServer, content:
     done_line = next(line for line in raw_lines if '"tftp.outcome":"completed"' in line)
     print(f"\nJSON transfer line: {len(done_line.encode())} bytes")
     assert len(done_line.encode()) <= 400, done_line
-    (missing,) = [r for r in records if r.get("tftp.outcome") == "rejected"]
+    (missing,) = [r for r in records if r.get("file.path") == "no-such-file.bin"]
     assert (missing["tftp.error_code"], missing["event.outcome"], missing["log.level"]) == (
         1,
         "failure",
@@ -125,7 +125,8 @@ def test_ten_thousand_junk_requests_cannot_flood_the_log(
     started = time.monotonic()
     assert send_junk(server.address, sources, 50) == 10_000
     elapsed = time.monotonic() - started
-    assert metrics(http_port)['edgetftp_transfers_total{outcome="rejected"}'] == 10_000  # all counted
+    rejected = metrics(http_port)['edgetftp_transfers_total{outcome="rejected"}']
+    assert 10_000 <= rejected <= 10_000 + 3  # all counted (plus the readiness probe's one or two)
     with RawClient(server.address) as client:  # a real client is still served and logged
         assert len(client.fetch("s512.bin").data) == 512
     log = server.wait_for_log("transfer completed")

@@ -75,8 +75,8 @@ def test_bad_specs_are_refused(spec: str, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def public_content() -> Iterator[Path]:
-    """Files every user may read (pytest's tmp dirs are 0700, closed to the dropped user)."""
-    root = Path(tempfile.mkdtemp(prefix="edgetftp-public-"))
+    """Files every user may read (pytest's tmp dirs and TMPDIR are 0700, closed to the dropped user)."""
+    root = Path(tempfile.mkdtemp(prefix="edgetftp-public-", dir="/var/tmp"))
     root.chmod(0o755)
     (root / "big.bin").write_bytes(os.urandom(BIG_FILE_BYTES))
     (root / "boot.ipxe").write_bytes(b"#!ipxe\necho served by an unprivileged user\n")

@@ -194,12 +194,14 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     identity = switch_user(settings)
     sockets = listening_sockets(settings)
+    # Built (its modules imported) while the interpreter's files are surely readable; it touches no
+    # network before start_source.
+    source = build_source(settings, observer=SourceMetrics())
     # Every socket is bound; from here on the process never holds root (no datagram is read yet).
     drop_privileges(identity, sockets)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    source = build_source(settings, observer=SourceMetrics())
     starting = asyncio.ensure_future(start_source(settings, source))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)

@@ -285,7 +285,7 @@ class Settings(BaseModel):
             "'Name: value' header sent with every origin request, repeatable (env: one per line; "
             "keep secrets in EDGETFTP_ORIGIN_HEADER)"
         ),
-        json_schema_extra=_meta("'NAME: VALUE'"),
+        json_schema_extra=_meta("HEADER"),
     )
     origin_timeout: float = Field(
         5.0,
@@ -445,7 +445,11 @@ def _check_layer(value: str) -> None:
             raise ValueError("missing bucket name in s3://bucket/prefix/")
         return
     root = Path(value)
-    if not root.is_dir():
+    try:
+        is_dir = root.is_dir()
+    except OSError as exc:  # a parent that cannot be searched: PermissionError, not False
+        raise ValueError(f"cannot reach {value}: {exc.strerror}") from None
+    if not is_dir:
         raise ValueError(f"not a directory: {value}")
     if not os.access(root, os.R_OK | os.X_OK):
         raise ValueError(f"cannot search and list directory {value} (needs r and x permission)")

@@ -409,6 +409,7 @@ class LocalSource(Source):
         self.description = self._root
         self._root_fd = os.open(self._root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._resolver = _Resolver(self._root_fd, use_openat2=use_openat2, case_insensitive=case_insensitive)
+        self._case_insensitive = case_insensitive
         self._object_max = object_max if cache_bytes <= 0 else min(object_max, cache_bytes)
         self._observer = observer or NullObserver()
         self.buffers: ResidentBuffers[_FileKey] = ResidentBuffers(cache_bytes, observer)
@@ -427,11 +428,18 @@ class LocalSource(Source):
     def open_now(self, path: str) -> Content | None:
         """The resident copy when it is in memory and still the file on disk; else None.
 
-        Costs an open and an fstat (metadata, no file data); a miss of any kind (not resident, not
-        found, a case-insensitive match) is left to ``open``, which works on the thread pool.
+        Costs an open and an fstat (metadata, no file data).  A name that does not exist or is
+        refused is answered here (a scanner's burst costs no thread-pool hop, and every request of
+        it gets its ERROR before the next one from the same port replaces it); a case-insensitive
+        miss (which may need a directory listing) and a file that is not resident are left to
+        ``open``, which works on the thread pool.
         """
         try:
             opened = self._open_checked(path)
+        except (FileNotFound, AccessDenied):
+            if self._case_insensitive:
+                return None
+            raise
         except SourceError:
             return None
         try:
