@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from loguru import logger
 
 from edgetftp import __version__
-from edgetftp.netutil import AddressError, format_address
+from edgetftp.netutil import AddressError, bind_udp, format_address
 from edgetftp.observability import HealthServer, LogAndMetrics, setup_logging
 from edgetftp.policy import PathPolicy
 from edgetftp.protocol.transfer import TransferConfig
@@ -28,10 +29,7 @@ class StartupError(Exception):
 
 
 def server_config(settings: Settings) -> ServerConfig:
-    address = settings.listen_address
     return ServerConfig(
-        host=address.host,
-        port=address.port,
         port_mode=settings.reply_ports,
         mtu=settings.mtu,
         max_blksize=settings.max_blksize,
@@ -72,23 +70,23 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     source = build_source(settings)
     await source.start()
-    server = TftpServer(server_config(settings), source, LogAndMetrics())
     try:
-        server.start()
-    except AddressError as exc:
+        sockets = bind_listeners(settings)
+    except StartupError:
         await source.aclose()
-        raise StartupError(f"invalid setting --listen (EDGETFTP_LISTEN): {exc}") from None
+        raise
+    server = TftpServer(server_config(settings), source, LogAndMetrics())
+    server.start(sockets)
     source_ok = True
     health = _start_health(settings, lambda: server.serving and source_ok)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    assert server.local_address is not None
     logger.info(
         "edgetftp {} serving {} on udp {} ({} port mode)",
         __version__,
         source.description,
-        format_address(server.local_address),
+        ", ".join(format_address(address) for address in server.local_addresses),
         settings.port_mode,
     )
     while not stop.is_set():
@@ -104,6 +102,19 @@ async def serve(settings: Settings) -> int:
     await source.aclose()
     logger.info("stopped ({} transfers aborted at the drain deadline)", aborted)
     return 0
+
+
+def bind_listeners(settings: Settings) -> list[socket.socket]:
+    """One bound UDP socket per --listen address; all or none (one line naming the setting)."""
+    sockets: list[socket.socket] = []
+    try:
+        for address in settings.listen_addresses:
+            sockets.append(bind_udp(address.host, address.port))
+    except AddressError as exc:
+        for sock in sockets:
+            sock.close()
+        raise StartupError(f"invalid setting --listen (EDGETFTP_LISTEN): {exc}") from None
+    return sockets
 
 
 def _start_health(settings: Settings, is_healthy: object) -> HealthServer | None:

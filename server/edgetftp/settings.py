@@ -10,21 +10,15 @@ import ipaddress
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, CliPositionalArg, NoDecode, SettingsConfigDict, SettingsError
+
+from edgetftp.transport.config import PortMode
 
 DEFAULT_PORT = 69
-
-
-class PortMode(StrEnum):
-    """Where replies leave from."""
-
-    SINGLE = "single"  # every reply from the listening socket (edge networks need this)
-    PER_TRANSFER = "per-transfer"  # RFC 1350: a fresh ephemeral port (TID) per transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +79,10 @@ class Settings(BaseSettings):
     )
 
     # --- network ---
-    listen: str = Field(
-        "0.0.0.0:69",
-        description="UDP address to serve on: HOST:PORT, [IPv6]:PORT, or a name such as fly-global-services",
+    listen: Annotated[list[str], NoDecode] = Field(
+        ["0.0.0.0:69"],
+        description="UDP addresses to serve on, repeatable or comma-separated: HOST:PORT, [IPv6]:PORT, "
+        "or a name such as fly-global-services (e.g. 0.0.0.0:69,[::]:69)",
     )
     port_mode: Literal["single", "per-transfer"] = Field(
         "single", description="single: all replies from the listening port; per-transfer: RFC 1350 TIDs"
@@ -170,7 +165,25 @@ class Settings(BaseSettings):
     cache_ttl: float = Field(60.0, ge=0, description="seconds before a cached object is revalidated by ETag")
     negative_cache_ttl: float = Field(10.0, ge=0, description="seconds a missing key is remembered")
 
-    @field_validator("listen", "http_listen")
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _split_listen(cls, value: object) -> object:
+        """``--listen a --listen b``, ``--listen a,b`` and ``EDGETFTP_LISTEN=a,b`` all give [a, b]."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return value
+        return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("no address given")
+        for address in value:
+            parse_host_port(address)
+        return value
+
+    @field_validator("http_listen")
     @classmethod
     def _check_address(cls, value: str | None) -> str | None:
         if value is not None:
@@ -220,8 +233,8 @@ class Settings(BaseSettings):
 
     # --- derived values ---
     @property
-    def listen_address(self) -> ListenAddress:
-        return parse_host_port(self.listen)
+    def listen_addresses(self) -> list[ListenAddress]:
+        return [parse_host_port(address) for address in self.listen]
 
     @property
     def reply_ports(self) -> PortMode:
