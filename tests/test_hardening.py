@@ -144,9 +144,9 @@ def test_rrq_flood_from_one_address_cannot_starve_another(
         time.sleep(0.5)  # every request answered by now; then read what each port got
         first_round = [drain(sock, 0.001) for sock in flooders]
         served = sum(any(isinstance(decode(d), Data) for d in replies) for replies in first_round)
-        refused = [decode(d) for replies in first_round for d in replies if isinstance(decode(d), Error)]
+        answered = sum(bool(replies) for replies in first_round)
         assert served == cap  # the per-client cap, exactly
-        assert refused and set(refused) == {Error(ErrorCode.NOT_DEFINED, "Too many transfers from you")}
+        assert answered == cap  # the others get silence (an ERROR would end a PXE boot): they retry
 
         stop = threading.Event()
         sent = [0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgetftp.protocol.budget import BudgetTable
-from edgetftp.transport.admission import MAX_TRACKED, Admission, client_key
+from edgetftp.transport.admission import FLOOD_ANSWER_EVERY, MAX_TRACKED, Admission, client_key
 
 
 def admission(total: int = 10, per_client: int = 2, flood: int = 5, window: float = 10.0) -> Admission:
@@ -43,8 +43,9 @@ def test_a_full_server_is_refused_silently() -> None:
 def test_only_a_flood_beyond_the_threshold_gets_an_answer() -> None:
     gate = admission(per_client=1, flood=5, window=10.0)
     gate.opened("a")
-    answers = [gate.consider("a", t * 0.1).answer for t in range(8)]
-    assert answers == [False] * 5 + [True] * 3  # the sixth refusal within 10 s is a flood
+    answers = [gate.consider("a", t * 0.001).answer for t in range(5 + 2 * FLOOD_ANSWER_EVERY)]
+    assert [index for index, answer in enumerate(answers) if answer] == [5, 5 + FLOOD_ANSWER_EVERY]
+    # the sixth refusal within 10 s is a flood; then one in FLOOD_ANSWER_EVERY is answered
     assert not gate.consider("b", 0.5).answer  # counted per client
     assert not gate.consider("a", 10.0).answer  # a new window starts quiet again
 
@@ -57,7 +58,7 @@ def test_remembered_refusals_are_bounded() -> None:
     assert not gate.consider("new", 1.0).answer
     gate.consider("k1", 11.0)  # the old windows have expired: room again
     assert gate.consider("later", 11.0).answer is False
-    assert gate.consider("later", 11.0).answer is True
+    assert gate.consider("later", 11.0).answer is True  # tracked again: its second refusal is a flood
 
 
 def test_the_budget_table_is_a_token_bucket_per_client_key() -> None:
@@ -74,3 +75,20 @@ def test_the_budget_table_is_a_token_bucket_per_client_key() -> None:
     table.prune(5.0)
     assert len(table) == 0
     assert BudgetTable(0).for_client("192.0.2.1", 0.0) is None  # no limit configured
+
+
+def test_new_requests_are_paced_per_client() -> None:
+    """At most the per-client quota of new requests per second, in bursts as large."""
+    gate = admission(per_client=4, flood=100)
+    assert [gate.allow_start("a", 0.0).admit for _ in range(5)] == [True] * 4 + [False]
+    assert gate.allow_start("a", 0.0).reason == "client-pace"
+    assert gate.allow_start("b", 0.0).admit  # its own pace
+    assert not gate.allow_start("a", 0.2).admit  # 0.8 of a request refilled
+    assert gate.allow_start("a", 0.25).admit  # one
+    assert [gate.allow_start("a", 10.0).admit for _ in range(5)] == [True] * 4 + [False]  # a full burst again
+
+
+def test_a_paced_flood_is_answered_only_beyond_the_threshold() -> None:
+    gate = admission(per_client=1, flood=3)
+    answers = [gate.allow_start("a", 0.0).answer for _ in range(6)]
+    assert answers == [False, False, False, False, True, False]  # 1 admitted, 3 silent, then a flood

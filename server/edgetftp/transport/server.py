@@ -24,7 +24,7 @@ from edgetftp.protocol.events import Outcome, TransferEnded
 from edgetftp.protocol.packets import ReadRequest, decode, encode_error
 from edgetftp.protocol.transfer import ReadTransfer
 from edgetftp.sources.base import Source
-from edgetftp.transport.admission import Admission, client_key
+from edgetftp.transport.admission import Admission, Verdict, client_key
 from edgetftp.transport.config import NullObserver, Observer, Peer, PortMode, ServerConfig
 from edgetftp.transport.listener import DATAGRAMS_PER_WAKEUP, Listener
 from edgetftp.transport.sender import DatagramSender, Endpoint
@@ -124,12 +124,8 @@ class TftpServer:
         elif route is Route.REPEATED_REQUEST and session is not None:
             session.transfer.request_repeated(now)
             self._driver.flush(session)
-        elif route is Route.REPLACE and session is not None:
-            session.transfer.cancel(now)  # the client moved on (dnsmasq does the same)
-            self._driver.flush(session)
-            self._on_request(listener, bytes(data), peer, arrival)
-        elif route is Route.NEW_REQUEST:
-            self._on_request(listener, bytes(data), peer, arrival)
+        elif route is Route.REPLACE or route is Route.NEW_REQUEST:
+            self._on_new_request(listener, session, bytes(data), peer, arrival, now)
         elif route is Route.REFUSE_WRITE:
             self._answer(listener, peer, arrival, ErrorCode.ACCESS_VIOLATION, "Server is read-only")
             self.observer.request_refused(peer, "write-request")
@@ -167,18 +163,41 @@ class TftpServer:
 
     # --- requests --------------------------------------------------------------------------------
 
-    def _on_request(self, listener: Listener, request_bytes: bytes, peer: Peer, arrival: Arrival) -> None:
+    def _on_new_request(
+        self,
+        listener: Listener,
+        session: Session | None,
+        request_bytes: bytes,
+        peer: Peer,
+        arrival: Arrival,
+        now: float,
+    ) -> None:
+        """An RRQ that is not a retransmission: paced per client, then it replaces the client's
+        session (the client moved on; dnsmasq does the same) and goes to admission."""
         if self._draining:
             self.observer.datagram_dropped("draining")
             return  # silence: the client retries, by then maybe against another instance
         key = client_key(peer[0], self.config.ipv6_prefix)
-        now = self._loop.time()
-        verdict = self._admission.consider(key, now)
-        if not verdict.admit:
-            if verdict.answer:  # a flood, not a boot: see admission.py
-                self._answer(listener, peer, arrival, ErrorCode.NOT_DEFINED, "Too many requests from you")
-            self.observer.request_refused(peer, verdict.reason)
+        if not self._admitted(self._admission.allow_start(key, now), listener, peer, arrival):
             return
+        if session is not None:
+            session.transfer.cancel(now)
+            self._driver.flush(session)
+        if self._admitted(self._admission.consider(key, now), listener, peer, arrival):
+            self._on_request(listener, key, request_bytes, peer, arrival, now)
+
+    def _admitted(self, verdict: Verdict, listener: Listener, peer: Peer, arrival: Arrival) -> bool:
+        """True to go on; else the refusal is counted, and answered only when it is a flood."""
+        if verdict.admit:
+            return True
+        if verdict.answer:  # a flood, not a boot: see admission.py
+            self._answer(listener, peer, arrival, ErrorCode.NOT_DEFINED, "Too many requests from you")
+        self.observer.request_refused(peer, verdict.reason)
+        return False
+
+    def _on_request(
+        self, listener: Listener, key: str, request_bytes: bytes, peer: Peer, arrival: Arrival, now: float
+    ) -> None:
         try:
             request = decode(request_bytes)
         except MalformedPacket:
