@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from edgetftp.protocol import Data, Error, ErrorCode, OptionAck
+from edgetftp.protocol import Data, Error, ErrorCode, OptionAck, Packet
 from edgetftp.protocol.codes import Opcode
 from edgetftp.protocol.packets import encode_ack, encode_request
 from edgetftp.protocol.transfer import TransferConfig
@@ -60,7 +60,7 @@ def test_streamed_files_are_fed_as_the_transfer_asks() -> None:
             result = await fetch(server.local_addresses[0], "big.bin", blksize=1428, windowsize=8)
             assert sha(result.data) == sha(FILES["big.bin"])
             await wait_until(lambda: len(observer.ended) == 1)
-        reads = source.opened[0].reads  # type: ignore[attr-defined]  # StreamedContent records them
+        reads = source.opened[0].reads
         assert len(reads) > 1 and reads[0][0] == 0  # piece by piece, from the start
         assert [offset for offset, _ in reads] == sorted({offset for offset, _ in reads})
 
@@ -229,7 +229,7 @@ def test_per_transfer_mode_out_of_descriptors_answers_busy_and_reports_once() ->
                 os.close(lowest_free)
                 resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
                 try:
-                    replies = []
+                    replies: list[Packet] = []
                     for _ in range(5):
                         client.rrq("s513.bin")
                         await wait_until(lambda: len(observer.refused) > len(replies))

@@ -38,7 +38,7 @@ class MemorySource(Source):
     def __init__(self, files: dict[str, bytes], streamed: Sequence[str] = ()) -> None:
         self.files = files
         self.streamed = set(streamed)
-        self.opened: list[Content] = []
+        self.opened: list[StreamedContent] = []
 
     def open_now(self, path: str) -> Content | None:
         if path in self.streamed:
@@ -112,7 +112,7 @@ async def fetch(address: Peer, name: str, bind: str | None = None, **options: st
 
     def run() -> Fetch:
         with RawClient(address, bind=bind) as client:
-            return client.fetch(name, **options)
+            return client.fetch(name, "octet", **options)
 
     return await asyncio.to_thread(run)
 

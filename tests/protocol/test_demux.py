@@ -23,7 +23,9 @@ class FakeSession:
     peer_confirmed: bool = False
 
 
-def route(data: bytes, session: FakeSession | None, now: float = 100.0, single_port: bool = True) -> Route:
+def route(
+    data: bytes | memoryview, session: FakeSession | None, now: float = 100.0, single_port: bool = True
+) -> Route:
     return route_listener_datagram(data, session, single_port=single_port, repeat_window=TIMEOUT, now=now)
 
 
