@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from edgetftp.protocol.budget import BudgetTable
-from edgetftp.transport.admission import FLOOD_ANSWER_EVERY, MAX_TRACKED, Admission, client_key
+from edgetftp.transport.admission import (
+    FLOOD_ANSWER_EVERY,
+    MAX_TRACKED,
+    PACE_FACTOR,
+    Admission,
+    client_key,
+)
 
 
 def admission(total: int = 10, per_client: int = 2, flood: int = 5, window: float = 10.0) -> Admission:
@@ -78,17 +84,27 @@ def test_the_budget_table_is_a_token_bucket_per_client_key() -> None:
 
 
 def test_new_requests_are_paced_per_client() -> None:
-    """At most the per-client quota of new requests per second, in bursts as large."""
-    gate = admission(per_client=4, flood=100)
-    assert [gate.allow_start("a", 0.0).admit for _ in range(5)] == [True] * 4 + [False]
+    """At most PACE_FACTOR x the per-client quota of new requests per second, in bursts as large."""
+    gate = admission(per_client=1, flood=100)
+    pace = PACE_FACTOR
+    assert [gate.allow_start("a", 0.0).admit for _ in range(pace + 1)] == [True] * pace + [False]
     assert gate.allow_start("a", 0.0).reason == "client-pace"
     assert gate.allow_start("b", 0.0).admit  # its own pace
-    assert not gate.allow_start("a", 0.2).admit  # 0.8 of a request refilled
-    assert gate.allow_start("a", 0.25).admit  # one
-    assert [gate.allow_start("a", 10.0).admit for _ in range(5)] == [True] * 4 + [False]  # a full burst again
+    assert not gate.allow_start("a", 0.8 / pace).admit  # 0.8 of a request refilled
+    assert gate.allow_start("a", 1.0 / pace).admit  # one
+    burst = [gate.allow_start("a", 10.0).admit for _ in range(pace + 1)]
+    assert burst == [True] * pace + [False]  # a full burst again
+
+
+def test_replacing_a_live_session_is_paced_at_the_quota_per_second() -> None:
+    gate = admission(per_client=2, flood=100)
+    assert [gate.allow_start("a", 0.0, replacing=True).admit for _ in range(3)] == [True, True, False]
+    assert gate.allow_start("a", 0.0).admit  # a request on a fresh port is not a replacement
+    assert gate.allow_start("a", 0.5, replacing=True).admit
 
 
 def test_a_paced_flood_is_answered_only_beyond_the_threshold() -> None:
     gate = admission(per_client=1, flood=3)
-    answers = [gate.allow_start("a", 0.0).answer for _ in range(6)]
-    assert answers == [False, False, False, False, True, False]  # 1 admitted, 3 silent, then a flood
+    answers = [gate.allow_start("a", 0.0).answer for _ in range(PACE_FACTOR + 5)]
+    # PACE_FACTOR admitted, 3 refused silently, then a flood: answered once, then one in FLOOD_ANSWER_EVERY
+    assert answers == [False] * (PACE_FACTOR + 3) + [True, False]

@@ -26,7 +26,7 @@ class FakeSession:
 def route(
     data: bytes | memoryview, session: FakeSession | None, now: float = 100.0, single_port: bool = True
 ) -> Route:
-    return route_listener_datagram(data, session, single_port=single_port, repeat_window=TIMEOUT, now=now)
+    return route_listener_datagram(data, session, single_port, TIMEOUT, now)
 
 
 @pytest.mark.parametrize("datagram", [encode_ack(1), encode_error(8, "abort"), b"\x00\x03junk", b"", b"\x07"])

@@ -34,6 +34,9 @@ class Route(Enum):
     DROP = auto()  # late ACKs, junk, stray ERRORs: no answer
 
 
+_DELIVER = Route.DELIVER
+
+
 class KnownSession(Protocol):
     """What the demultiplexer needs to know about a live session."""
 
@@ -47,14 +50,9 @@ class KnownSession(Protocol):
     def peer_confirmed(self) -> bool: ...
 
 
-def opcode_of(data: bytes | memoryview) -> int:
-    return (data[0] << 8 | data[1]) if len(data) >= 2 else -1
-
-
 def route_listener_datagram(
     data: bytes | memoryview,
     session: KnownSession | None,
-    *,
     single_port: bool,
     repeat_window: float,
     now: float,
@@ -63,12 +61,13 @@ def route_listener_datagram(
 
     ``repeat_window``: how long after its start an identical RRQ still counts as a retransmission
     of a session that the client has already acknowledged (the configured first timeout).
+    Positional arguments and the opcode read inline: this runs for every ACK.
     """
-    opcode = opcode_of(data)
+    opcode = (data[0] << 8 | data[1]) if len(data) >= 2 else -1
     if session is not None:
         if opcode != _RRQ:
             if single_port:
-                return Route.DELIVER  # the hot path: ACKs in single-port mode
+                return _DELIVER  # the hot path: ACKs in single-port mode
         elif is_repeated_request(data, session, repeat_window, now):
             return Route.REPEATED_REQUEST
         else:

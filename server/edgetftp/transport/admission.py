@@ -7,11 +7,15 @@ per-client quota keeps one address (a NAT, or a flooder) from taking every slot.
 whose refusals pass ``flood_refusals`` within ``flood_window`` seconds is answered with an ERROR
 (one refusal in FLOOD_ANSWER_EVERY): see FLOOD_REFUSALS in config.py for why no boot comes near that.
 
-New requests per client are also paced (``allow_start``): at most ``max_per_client`` per second,
-in bursts of as many.  A rack boots well within that (its requests are capped by the quota anyway),
-but a flood of new requests -- each would replace a session or build one -- is dropped before it
-costs a transfer, so the server keeps up with everyone else's datagrams (a server that falls
-behind lets the kernel drop them at random, the victim's ACKs included).
+New requests per client are paced too (``allow_start``), before any session is touched: at most
+PACE_FACTOR x ``max_per_client`` per second in bursts as large (2,048/s with the defaults), and of
+those, requests that replace one of the client's live sessions at most ``max_per_client`` per
+second.  A rack boots well within that: PXELINUX's config search is ~10 quick misses per machine,
+so 100 machines behind one NAT make ~1,000 requests in their first second or two, and a client
+replaces its own session only when it restarts (once per retry timeout at most).  A flood of new
+requests -- each would replace a session (ending one transfer, starting another) or build one --
+is dropped before it costs that, so the server keeps up with the other clients' datagrams (a
+server that falls behind lets the kernel drop them at random).
 
 Clients are counted by key: the IPv4 address, or the IPv6 prefix (a /64 is one site: one host can
 take any number of addresses in it).
@@ -23,6 +27,7 @@ import ipaddress
 from dataclasses import dataclass
 
 MAX_TRACKED = 65_536  # addresses whose refusals are remembered (bounded whatever a spoofer sends)
+PACE_FACTOR = 16  # new requests per second per client, in units of its quota of running transfers
 FLOOD_ANSWER_EVERY = 100  # a flood gets an ERROR for one refusal in this many: answering each would
 # double the flood's cost to the server (and reflect it at a spoofed address)
 
@@ -45,18 +50,45 @@ def client_key(ip: str, ipv6_prefix: int = 64) -> str:
     return str(network)
 
 
+class Pacer:
+    """A token bucket of requests per client key; the table forgets refilled buckets when full."""
+
+    def __init__(self, per_second: float) -> None:
+        self._rate = per_second
+        self._buckets: dict[str, tuple[float, float]] = {}  # client key -> (tokens, when)
+
+    def allow(self, key: str, now: float) -> bool:
+        tokens, when = self._buckets.get(key, (self._rate, now))
+        tokens = min(self._rate, tokens + (now - when) * self._rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return False
+        if len(self._buckets) >= MAX_TRACKED and key not in self._buckets:
+            self._forget_full(now)
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        """A bucket that has refilled is what a new client gets anyway."""
+        rate = self._rate
+        full = [k for k, (tokens, when) in self._buckets.items() if tokens + (now - when) * rate >= rate]
+        for key in full:
+            del self._buckets[key]
+
+
 class Admission:
     def __init__(
         self, max_sessions: int, max_per_client: int, flood_refusals: int, flood_window: float
     ) -> None:
         self._max_sessions = max_sessions
         self._max_per_client = max_per_client
+        self._starts = Pacer(float(PACE_FACTOR * max_per_client))
+        self._replacements = Pacer(float(max_per_client))
         self._flood_refusals = flood_refusals
         self._flood_window = flood_window
         self._active: dict[str, int] = {}  # client key -> running transfers
         self._total = 0
         self._refusals: dict[str, tuple[float, int]] = {}  # client key -> (window start, count)
-        self._starts: dict[str, tuple[float, float]] = {}  # client key -> (tokens, when): new requests
 
     @property
     def total(self) -> int:
@@ -65,18 +97,11 @@ class Admission:
     def running(self, key: str) -> int:
         return self._active.get(key, 0)
 
-    def allow_start(self, key: str, now: float) -> Verdict:
-        """May ``key`` make one more new request now (its pace, before any session is touched)?"""
-        rate = float(self._max_per_client)
-        tokens, when = self._starts.get(key, (rate, now))
-        tokens = min(rate, tokens + (now - when) * rate)
-        if tokens < 1.0:
-            self._starts[key] = (tokens, now)
-            return Verdict(False, "client-pace", answer=self._count_refusal(key, now))
-        if len(self._starts) >= MAX_TRACKED and key not in self._starts:
-            self._forget_full_buckets(now)
-        self._starts[key] = (tokens - 1.0, now)
-        return ADMIT
+    def allow_start(self, key: str, now: float, replacing: bool = False) -> Verdict:
+        """May ``key`` make one more new request now (``replacing`` one of its live sessions)?"""
+        if (not replacing or self._replacements.allow(key, now)) and self._starts.allow(key, now):
+            return ADMIT
+        return Verdict(False, "client-pace", answer=self._count_refusal(key, now))
 
     def consider(self, key: str, now: float) -> Verdict:
         """May ``key`` start one more transfer?  (The caller then calls ``opened``.)"""
@@ -113,13 +138,6 @@ class Admission:
         self._refusals[key] = (started, count)
         beyond = count - self._flood_refusals
         return beyond > 0 and beyond % FLOOD_ANSWER_EVERY == 1
-
-    def _forget_full_buckets(self, now: float) -> None:
-        """A bucket that has refilled is what a new client gets anyway: forget it."""
-        rate = float(self._max_per_client)
-        full = [k for k, (tokens, when) in self._starts.items() if tokens + (now - when) * rate >= rate]
-        for key in full:
-            del self._starts[key]
 
     def _forget_old(self, now: float) -> None:
         expired = [k for k, (started, _) in self._refusals.items() if now - started >= self._flood_window]

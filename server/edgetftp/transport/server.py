@@ -35,6 +35,7 @@ TRANSFER_SOCKET_BUFFER = 256 * 1024
 OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 EXHAUSTION_LOG_INTERVAL = 60.0  # seconds between two "out of descriptors" log lines
 BUSY = "Server busy, try again later"
+_DELIVER = Route.DELIVER
 
 
 class TftpServer:
@@ -46,6 +47,7 @@ class TftpServer:
         self._view = memoryview(bytearray(RECEIVE_BUFFER))
         self._listeners: list[Listener] = []
         self._single_port = config.port_mode is PortMode.SINGLE
+        self._repeat_window = config.transfer.timeout  # an identical RRQ within it is a retransmission
         self._admission = Admission(
             config.max_sessions, config.max_sessions_per_client, config.flood_refusals, config.flood_window
         )
@@ -115,10 +117,8 @@ class TftpServer:
     def _on_datagram(self, listener: Listener, data: memoryview, peer: Peer, arrival: Arrival) -> None:
         session = listener.sessions.get(peer)
         now = self._loop.time()
-        route = route_listener_datagram(
-            data, session, single_port=self._single_port, repeat_window=self.config.transfer.timeout, now=now
-        )
-        if route is Route.DELIVER and session is not None:
+        route = route_listener_datagram(data, session, self._single_port, self._repeat_window, now)
+        if route is _DELIVER and session is not None:  # the hot path: an ACK
             session.transfer.receive_datagram(data, now)
             self._driver.flush(session)
         elif route is Route.REPEATED_REQUEST and session is not None:
@@ -178,7 +178,8 @@ class TftpServer:
             self.observer.datagram_dropped("draining")
             return  # silence: the client retries, by then maybe against another instance
         key = client_key(peer[0], self.config.ipv6_prefix)
-        if not self._admitted(self._admission.allow_start(key, now), listener, peer, arrival):
+        pace = self._admission.allow_start(key, now, replacing=session is not None)
+        if not self._admitted(pace, listener, peer, arrival):
             return
         if session is not None:
             session.transfer.cancel(now)

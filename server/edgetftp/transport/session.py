@@ -40,6 +40,7 @@ class Session:
         "peer",
         "reading",
         "request_bytes",
+        "streaming",
         "tasks",
         "timer_at",
         "timer_token",
@@ -64,6 +65,7 @@ class Session:
         self.ancillary = ancillary
         self.content: Content | None = None
         self.offset = 0  # bytes read from a streamed content so far
+        self.streaming = False  # the content is read piece by piece (not resident)
         self.reading = False
         self.closed = False
         self.timer_at = math.inf
@@ -77,10 +79,6 @@ class Session:
     @property
     def peer_confirmed(self) -> bool:
         return self.transfer.peer_confirmed
-
-    @property
-    def streaming(self) -> bool:
-        return self.content is not None and self.content.memory is None
 
 
 class SessionDriver:
@@ -104,7 +102,14 @@ class SessionDriver:
 
     def flush(self, session: Session) -> None:
         transfer = session.transfer
-        self._sender.send(session.endpoint, transfer.datagrams_to_send(), session.peer, session.ancillary)
+        outgoing = transfer.datagrams_to_send()
+        if len(outgoing) == 1 and not session.ancillary:  # the lock-step hot path, inline
+            try:
+                session.endpoint.sock.sendto(outgoing[0], session.peer)
+            except OSError:  # a full buffer or an unreachable peer: the retransmission timer covers it
+                self._observer.datagram_dropped("send-error")
+        elif outgoing:
+            self._sender.send(session.endpoint, outgoing, session.peer, session.ancillary)
         event = transfer.next_event()
         if event is not None:
             self._end(session, event)
@@ -112,7 +117,7 @@ class SessionDriver:
         deadline = transfer.get_timer()
         if deadline is not None and deadline < session.timer_at:
             self.timers.push(session, deadline)
-        if not session.reading and session.streaming and transfer.bytes_wanted() > 0:
+        if session.streaming and not session.reading and transfer.bytes_wanted() > 0:
             session.reading = True
             self._spawn(session, self._read_more(session))
 
@@ -172,6 +177,8 @@ class SessionDriver:
         if content.memory is not None:
             session.offset = content.size
             session.transfer.feed(content.memory, True, now)
+        else:
+            session.streaming = True
 
     # --- streamed sources ------------------------------------------------------------------------
 
