@@ -8,7 +8,7 @@ whose refusals pass ``flood_refusals`` within ``flood_window`` seconds is answer
 (one refusal in FLOOD_ANSWER_EVERY): see FLOOD_REFUSALS in config.py for why no boot comes near that.
 
 New requests per client are paced too (``allow_start``), before any session is touched: at most
-PACE_FACTOR x ``max_per_client`` per second in bursts as large (2,048/s with the defaults), and of
+PACE_FACTOR x ``max_per_client`` per second in bursts as large (8,192/s with the defaults), and of
 those, requests that replace one of the client's live sessions at most ``max_per_client`` per
 second.  A rack boots well within that: PXELINUX's config search is ~10 quick misses per machine,
 so 100 machines behind one NAT make ~1,000 requests in their first second or two, and a client
@@ -27,7 +27,7 @@ import ipaddress
 from dataclasses import dataclass
 
 MAX_TRACKED = 65_536  # addresses whose refusals are remembered (bounded whatever a spoofer sends)
-PACE_FACTOR = 16  # new requests per second per client, in units of its quota of running transfers
+PACE_FACTOR = 64  # new requests per second per client, in units of its quota of running transfers
 FLOOD_ANSWER_EVERY = 100  # a flood gets an ERROR for one refusal in this many: answering each would
 # double the flood's cost to the server (and reflect it at a spoofed address)
 
