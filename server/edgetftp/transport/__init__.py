@@ -5,6 +5,7 @@
 - ``listener``: one listening socket read in adaptive batches into a shared buffer; its MTU.
 - ``session``: the per-session driver (resolve the file, send what the core queued, arm its timer,
   feed it from the source).
+- ``transfer_sockets``: per-transfer mode's own sockets (ERROR 5 to strangers; EMFILE -> busy).
 - ``timers``: one heap and one loop timer for every session (an ACK costs no timer operation).
 - ``sender``: datagrams out (UDP GSO for windows, IP_PKTINFO/IPV6_PKTINFO reply-from-arrival).
 - ``admission``: who may start a transfer (silence, not an ERROR, when full).

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import socket
 from collections.abc import Sequence
 
-from edgetftp import netutil
 from edgetftp.netutil import Arrival
 from edgetftp.protocol.budget import BudgetTable
 from edgetftp.protocol.codes import ErrorCode
-from edgetftp.protocol.demux import Route, route_listener_datagram, route_transfer_datagram
+from edgetftp.protocol.demux import Route, route_listener_datagram
 from edgetftp.protocol.errors import MalformedPacket
 from edgetftp.protocol.events import Outcome, TransferEnded
 from edgetftp.protocol.packets import ReadRequest, decode, encode_error
@@ -26,14 +24,12 @@ from edgetftp.protocol.transfer import ReadTransfer
 from edgetftp.sources.base import Source
 from edgetftp.transport.admission import Admission, Verdict, client_key
 from edgetftp.transport.config import NullObserver, Observer, Peer, PortMode, ServerConfig
-from edgetftp.transport.listener import DATAGRAMS_PER_WAKEUP, Listener
-from edgetftp.transport.sender import DatagramSender, Endpoint
+from edgetftp.transport.listener import Listener
+from edgetftp.transport.sender import DatagramSender
 from edgetftp.transport.session import Session, SessionDriver
+from edgetftp.transport.transfer_sockets import TransferSockets
 
 RECEIVE_BUFFER = 65536
-TRANSFER_SOCKET_BUFFER = 256 * 1024
-OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-EXHAUSTION_LOG_INTERVAL = 60.0  # seconds between two "out of descriptors" log lines
 BUSY = "Server busy, try again later"
 _DELIVER = Route.DELIVER
 
@@ -56,11 +52,12 @@ class TftpServer:
         self._driver = SessionDriver(
             self._loop, self._sender, self.observer, config.open_timeout, self._finish
         )
+        self._transfer_sockets = TransferSockets(
+            self._loop, self._view, self._sender, self._driver, self.observer
+        )
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._exhausted_at = -EXHAUSTION_LOG_INTERVAL
-        self._exhausted_since_log = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -138,29 +135,6 @@ class TftpServer:
         else:
             self.observer.internal_error(where, exc)
 
-    def _on_transfer_socket(self, session: Session) -> None:
-        """Per-transfer mode: datagrams on the transfer's own socket."""
-        sock = session.endpoint.sock
-        for _ in range(DATAGRAMS_PER_WAKEUP):
-            try:
-                size, address = sock.recvfrom_into(self._view)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.observer.datagram_dropped("receive-error")
-                continue
-            if session.closed:
-                return
-            if route_transfer_datagram((address[0], address[1]) == session.peer) is Route.UNKNOWN_TID:
-                unknown = encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID")
-                self._sender.send_one(session.endpoint, unknown, address, [])
-                self.observer.datagram_dropped("unknown-tid")
-                continue
-            try:
-                self._driver.deliver(session, self._view[:size])
-            except Exception as exc:  # a bug must cost one datagram, never the server
-                self.observer.internal_error("datagram", exc)
-
     # --- requests --------------------------------------------------------------------------------
 
     def _on_new_request(
@@ -206,7 +180,7 @@ class TftpServer:
             self.observer.request_refused(peer, "malformed")
             return
         assert isinstance(request, ReadRequest)
-        endpoint = listener.endpoint if self._single_port else self._transfer_endpoint(listener, arrival)
+        endpoint = listener.endpoint if self._single_port else self._transfer_sockets.open(listener, arrival)
         if endpoint is None:
             self._answer(listener, peer, arrival, ErrorCode.NOT_DEFINED, BUSY)
             self.observer.request_refused(peer, "no-descriptors")
@@ -229,36 +203,13 @@ class TftpServer:
         endpoint = listener.endpoint
         self._sender.send_one(endpoint, encode_error(code, message), peer, endpoint.reply_from(arrival))
 
-    def _transfer_endpoint(self, listener: Listener, arrival: Arrival) -> Endpoint | None:
-        """Per-transfer mode: a fresh socket on the address the request came to, or None when the
-        process is out of descriptors or ports (that request is refused; the server goes on)."""
-        local_ip = arrival.local_ip or listener.local_ip
-        try:
-            sock = netutil.open_udp_socket(
-                listener.family, (local_ip, 0), want_pktinfo=False, buffer_bytes=TRANSFER_SOCKET_BUFFER
-            )
-        except netutil.AddressError as exc:
-            self._exhausted("descriptors" if exc.errno in OUT_OF_DESCRIPTORS else "ports", str(exc))
-            return None
-        return Endpoint(sock, uses_pktinfo=False)
-
-    def _exhausted(self, what: str, detail: str) -> None:
-        """Report running out of descriptors or ports, once a minute at most (a flood must not log
-        a line per datagram)."""
-        now = self._loop.time()
-        if now - self._exhausted_at < EXHAUSTION_LOG_INTERVAL:
-            self._exhausted_since_log += 1
-            return
-        self.observer.resource_exhausted(what, detail, self._exhausted_since_log)
-        self._exhausted_at, self._exhausted_since_log = now, 0
-
     # --- bookkeeping -----------------------------------------------------------------------------
 
     def _register(self, listener: Listener, session: Session) -> None:
         listener.sessions[session.peer] = session
         self._admission.opened(session.client_key)
         if session.endpoint is not listener.endpoint:
-            self._loop.add_reader(session.endpoint.sock.fileno(), self._on_transfer_socket, session)
+            self._transfer_sockets.watch(session)
         self._idle.clear()
         self.observer.sessions_changed(self._admission.total)
 
@@ -271,8 +222,7 @@ class TftpServer:
         if idle_client and len(self._budgets) > 2 * self.config.max_sessions:
             self._budgets.prune(self._loop.time())  # bounded by recently active clients
         if session.endpoint is not listener.endpoint:
-            self._loop.remove_reader(session.endpoint.sock.fileno())
-            session.endpoint.sock.close()
+            self._transfer_sockets.release(session)
         if not self._admission.total:
             self._idle.set()
         self.observer.sessions_changed(self._admission.total)
