@@ -43,6 +43,7 @@ def server_config(settings: Settings) -> ServerConfig:
         max_sessions=settings.max_sessions,
         max_sessions_per_client=settings.max_sessions_per_client,
         client_rate=settings.client_rate,
+        ipv6_prefix=settings.client_ipv6_prefix,
         policy=PathPolicy(extensions=settings.extensions),
         open_timeout=max(2.0, settings.s3_timeout * settings.s3_retries),
     )

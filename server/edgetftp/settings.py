@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     client_rate: int = Field(
         0, ge=0, description="bytes per second sent to one client address, at most (0 = no limit)"
     )
+    client_ipv6_prefix: int = Field(
+        64,
+        ge=1,
+        le=128,
+        description="IPv6 clients share the per-client limits (sessions, rate) per prefix of this length",
+    )
     allow_extensions: str = Field(
         "", description="comma-separated file extensions allowed (.ipxe,.efi,.kpxe); empty allows all"
     )
