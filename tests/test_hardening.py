@@ -154,9 +154,9 @@ def test_rrq_flood_from_one_address_cannot_starve_another(
         # read until every request has its answer (a DATA or an ERROR), not for a fixed time
         assert wait_for(lambda: all(collect(first_round, flooders)), timeout=10.0, interval=0.0), first_round
         served = sum(any(isinstance(decode(d), Data) for d in replies) for replies in first_round)
-        refused = [decode(d) for replies in first_round for d in replies if isinstance(decode(d), Error)]
+        answered = sum(bool(replies) for replies in first_round)
         assert served == cap  # the per-client cap, exactly
-        assert refused and set(refused) == {Error(ErrorCode.NOT_DEFINED, "Too many transfers from you")}
+        assert answered == cap  # the others get silence (an ERROR would end a PXE boot): they retry
 
         stop = threading.Event()
         sent = [0]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgetftp.policy import ClientRateLimit, PathPolicy, PolicyError, extension_of, normalize
+from edgetftp.policy import PathPolicy, PolicyError, extension_of, normalize
 
 pytestmark = pytest.mark.unit
 
@@ -80,16 +80,3 @@ def test_extension_of() -> None:
     assert extension_of("a/b.KPXE") == ".kpxe"
     assert extension_of("a.b/c") == ""
     assert extension_of(".hidden") == ""
-
-
-def test_client_rate_limit_is_a_token_bucket_per_address() -> None:
-    limit = ClientRateLimit(bytes_per_second=10_000, burst_seconds=1.0)
-    assert all(limit.allow("192.0.2.1", 1000, 0.0) for _ in range(10))  # the one-second burst
-    assert not limit.allow("192.0.2.1", 1000, 0.0)  # over budget
-    assert limit.allow("192.0.2.2", 1000, 0.0)  # another address has its own bucket
-    assert not limit.allow("192.0.2.1", 1000, 0.05)  # 500 bytes refilled: not enough
-    assert limit.allow("192.0.2.1", 1000, 0.1)  # 1,000 bytes refilled
-    limit.prune(0.2)
-    assert len(limit) == 1  # 192.0.2.2 has refilled and goes; 192.0.2.1 has not
-    limit.prune(5.0)
-    assert len(limit) == 0

@@ -221,7 +221,13 @@ def test_windows_from_a_wildcard_listener_keep_the_source_address(
 
 
 def test_per_client_and_total_limits(start_server: StartServer, content: ContentTree) -> None:
-    server = start_server("--max-sessions-per-client", "2", "--max-sessions", "3", str(content.root))
+    """A full quota or a full server answers with silence (an ERROR would end a PXE boot); the
+    client's retried RRQ is served once a slot is free."""
+    http_port = free_tcp_port()
+    server = start_server(
+        *("--max-sessions-per-client", "2", "--max-sessions", "3"),
+        *("--http-listen", f"127.0.0.1:{http_port}", str(content.root)),
+    )
     clients = [RawClient(server.address) for _ in range(3)]
     try:
         for client in clients[:2]:
@@ -229,8 +235,7 @@ def test_per_client_and_total_limits(start_server: StartServer, content: Content
             packet, _ = client.receive()
             assert isinstance(packet, Data)  # running transfers, never acknowledged
         clients[2].rrq("big.bin")
-        packet, _ = clients[2].receive()
-        assert packet == Error(ErrorCode.NOT_DEFINED, "Too many transfers from you")
+        assert clients[2].receive_or_none(0.5) is None  # silence: the client retries later
         with RawClient(server.address, bind="127.0.0.2") as other:  # another address is still served
             result = other.fetch("s513.bin")
             assert result.data == (content.root / "s513.bin").read_bytes()
@@ -238,11 +243,17 @@ def test_per_client_and_total_limits(start_server: StartServer, content: Content
             other.receive()
             with RawClient(server.address, bind="127.0.0.3") as third:
                 third.rrq("s513.bin")
-                packet, _ = third.receive()
-                assert packet == Error(ErrorCode.NOT_DEFINED, "Server busy, try again later")
+                assert third.receive_or_none(0.5) is None
+        clients[0].abort(server.address)  # a slot of 127.0.0.1 frees up
+        result = clients[2].fetch("s513.bin")  # the retried request
+        assert result.data == (content.root / "s513.bin").read_bytes()
     finally:
         for client in clients:
             client.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'edgetftp_requests_refused_total{reason="client-full"} 1.0' in metrics
+    assert 'edgetftp_requests_refused_total{reason="server-full"} 1.0' in metrics
 
 
 def test_junk_never_stops_the_server(shared_server: ServerProcess, content: ContentTree) -> None:
@@ -433,28 +444,33 @@ def test_per_transfer_mode_does_not_start_a_second_transfer_for_a_resent_request
         assert client.receive_or_none(0.5) is None  # no second OACK from a second port
 
 
-def test_client_rate_limit_slows_a_client_but_the_transfer_completes(
+def test_client_rate_limit_paces_a_client_and_sends_all_it_counts(
     start_server: StartServer, content: ContentTree
 ) -> None:
-    """--client-rate bounds what blind spoofed ACKs can reflect at one address (see README)."""
+    """--client-rate bounds what blind spoofed ACKs can reflect at one address (see README).  The
+    budget paces the transfer (the core waits for it), so nothing counted as sent is dropped: no
+    retransmission, and the bytes counted are the file's."""
     http_port = free_tcp_port()
+    rate = 300_000  # bytes per second, with a burst of one second's worth
     server = start_server(
-        "--client-rate",
-        "300000",
-        "--timeout",
-        "0.3",
-        "--retries",
-        "20",
-        "--http-listen",
-        f"127.0.0.1:{http_port}",
-        str(content.root),
+        *("--client-rate", str(rate), "--timeout", "0.3", "--retries", "20"),
+        *("--http-listen", f"127.0.0.1:{http_port}", str(content.root)),
     )
+    data = (content.root / "big.bin").read_bytes()
+    started = time.monotonic()
     with RawClient(server.address, timeout=5) as client:
         result = client.fetch("big.bin", blksize=1428, windowsize=16)
-    assert result.data == (content.root / "big.bin").read_bytes()
+    elapsed = time.monotonic() - started
+    assert result.data == data
+    assert elapsed >= (len(data) - rate) / rate  # the burst, then the rate: it cannot be faster
+    server.wait_for_log("transfer completed")
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
         metrics = response.read().decode()
-    assert 'edgetftp_datagrams_dropped_total{reason="rate-limited"}' in metrics
+    samples = [line.split(" ") for line in metrics.splitlines() if not line.startswith("#")]
+    values = {name: float(value) for name, value in samples}
+    assert values["edgetftp_retransmits_total"] == 0
+    assert values["edgetftp_bytes_sent_total"] == len(data)
+    assert 'reason="rate-limited"' not in metrics
 
 
 def test_option_values_with_unicode_digits_are_ignored(shared_server: ServerProcess) -> None:

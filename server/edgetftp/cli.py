@@ -12,14 +12,14 @@ from collections.abc import Callable, Sequence
 
 from loguru import logger
 
-from edgetftp import __version__, activation, netutil, privileges
-from edgetftp.netutil import AddressError, format_address
+from edgetftp import __version__, activation, privileges
+from edgetftp.netutil import AddressError, bind_udp, format_address
 from edgetftp.observability import HealthServer, LogAndMetrics, SourceMetrics, setup_logging
 from edgetftp.policy import PathPolicy
 from edgetftp.protocol.transfer import TransferConfig
 from edgetftp.settings import Settings, SettingsFailure, load_settings
 from edgetftp.sources.base import Source, SourceObserver, SourceUnavailable
-from edgetftp.transport import SOCKET_BUFFER_BYTES, ServerConfig, TftpServer
+from edgetftp.transport import ServerConfig, TftpServer
 
 HEALTH_CHECK_INTERVAL = 10.0  # seconds between source checks for /healthz
 HEALTH_RETRY_INTERVAL = 1.0  # seconds between checks while the source is unhealthy
@@ -30,10 +30,7 @@ class StartupError(Exception):
 
 
 def server_config(settings: Settings) -> ServerConfig:
-    address = settings.listen_address
     return ServerConfig(
-        host=address.host,
-        port=address.port,
         port_mode=settings.reply_ports,
         mtu=settings.mtu,
         max_blksize=settings.max_blksize,
@@ -47,8 +44,14 @@ def server_config(settings: Settings) -> ServerConfig:
         max_sessions=settings.max_sessions,
         max_sessions_per_client=settings.max_sessions_per_client,
         client_rate=settings.client_rate,
+        ipv6_prefix=settings.client_ipv6_prefix,
         policy=PathPolicy(extensions=settings.extensions),
-        open_timeout=max(2.0, settings.s3_timeout * settings.s3_retries),
+        # The longest a source may take to answer: its own retries included (docs/source-timeouts.md).
+        open_timeout=max(
+            2.0,
+            settings.s3_timeout * settings.s3_retries,
+            (2 * settings.origin_timeout + 1) * settings.origin_attempts,
+        ),
     )
 
 
@@ -156,13 +159,7 @@ def listening_sockets(settings: Settings) -> list[socket.socket]:
                 f"({passed}); serve on those and leave --listen unset"
             )
         return inherited
-    address = settings.listen_address
-    try:
-        family, resolved = netutil.resolve(address.host, address.port)
-        sock = netutil.open_udp_socket(family, resolved, want_pktinfo=False, buffer_bytes=SOCKET_BUFFER_BYTES)
-        return [sock]
-    except AddressError as exc:
-        raise StartupError(f"invalid setting --listen (EDGETFTP_LISTEN): {exc}") from None
+    return bind_listeners(settings)
 
 
 def switch_user(settings: Settings) -> privileges.Identity | None:
@@ -221,12 +218,11 @@ async def serve(settings: Settings) -> int:
         raise StartupError(f"invalid setting --listen (EDGETFTP_LISTEN): {exc}") from None
     health = _start_health(settings, lambda: server.serving and health_state["ok"])
     checker = asyncio.ensure_future(_watch_source(source, health_state, settings.s3_timeout))
-    assert server.local_address is not None
     logger.info(
         "edgetftp {} serving {} on udp {} ({} port mode)",
         __version__,
         source.description,
-        format_address(server.local_address),
+        ", ".join(format_address(address) for address in server.local_addresses),
         settings.port_mode,
     )
     await stop.wait()
@@ -249,6 +245,19 @@ async def _watch_source(source: Source, state: dict[str, bool], timeout: float) 
         if healthy != state["ok"]:
             logger.log("INFO" if healthy else "WARNING", "source {}", "healthy" if healthy else "unhealthy")
         state["ok"] = healthy
+
+
+def bind_listeners(settings: Settings) -> list[socket.socket]:
+    """One bound UDP socket per --listen address; all or none (one line naming the setting)."""
+    sockets: list[socket.socket] = []
+    try:
+        for address in settings.listen_addresses:
+            sockets.append(bind_udp(address.host, address.port))
+    except AddressError as exc:
+        for sock in sockets:
+            sock.close()
+        raise StartupError(f"invalid setting --listen (EDGETFTP_LISTEN): {exc}") from None
+    return sockets
 
 
 def _start_health(settings: Settings, is_healthy: object) -> HealthServer | None:

@@ -26,6 +26,10 @@ ANCILLARY_SPACE = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_IN_P
 class AddressError(Exception):
     """The listen address cannot be used; the message says why in one line."""
 
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno  # the OSError's, when one caused it (EMFILE: out of descriptors)
+
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
@@ -53,8 +57,11 @@ def is_wildcard(ip: str) -> bool:
 def open_udp_socket(
     family: socket.AddressFamily, address: tuple[str, int], *, want_pktinfo: bool, buffer_bytes: int
 ) -> socket.socket:
-    """A bound, non-blocking UDP socket.  Raises AddressError with a clear line."""
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    """A bound, non-blocking UDP socket.  Raises AddressError with a clear line (and the errno)."""
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:  # EMFILE/ENFILE: out of descriptors
+        raise AddressError(f"cannot open a UDP socket: {exc.strerror}", exc.errno) from None
     try:
         sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -68,8 +75,17 @@ def open_udp_socket(
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise AddressError(f"cannot bind UDP {format_address(address)}: {exc.strerror}") from None
+        raise AddressError(f"cannot bind UDP {format_address(address)}: {exc.strerror}", exc.errno) from None
     return sock
+
+
+def bind_udp(host: str, port: int, buffer_bytes: int = 4 * 2**20) -> socket.socket:
+    """A listening UDP socket for a ``--listen`` address; packet info on when it is a wildcard.
+
+    Raises AddressError with one line.
+    """
+    family, address = resolve(host, port)
+    return open_udp_socket(family, address, want_pktinfo=is_wildcard(address[0]), buffer_bytes=buffer_bytes)
 
 
 def enable_pktinfo(sock: socket.socket, family: socket.AddressFamily) -> None:

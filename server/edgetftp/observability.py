@@ -265,6 +265,11 @@ class LogAndMetrics:
     def sessions_changed(self, active: int) -> None:
         ACTIVE.set(active)
 
+    def resource_exhausted(self, what: str, detail: str, suppressed: int) -> None:
+        # The transport calls this once a minute at most, so a flood cannot turn it into log volume.
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        logger.warning("out of {}: requests answered 'Server busy': {}{}", what, detail, more)
+
     def internal_error(self, where: str, exc: Exception) -> None:
         DROPPED.labels("internal-error").inc()
         logger.opt(exception=exc).error("internal error while handling a {} (server continues)", where)

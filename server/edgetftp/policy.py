@@ -64,39 +64,3 @@ def extension_of(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     dot = name.rfind(".")
     return name[dot:].lower() if dot > 0 else ""
-
-
-class ClientRateLimit:
-    """A token bucket of bytes per client address (pure: the caller passes ``now``).
-
-    It bounds what a spoofer can reflect at one victim: TFTP has no handshake, so in single-port
-    mode blind ACKs with predictable block numbers can drive a transfer at any address.  A datagram
-    over the budget is not sent; the transfer sees it as lost and backs off like on a congested path.
-    """
-
-    def __init__(self, bytes_per_second: float, burst_seconds: float = 1.0) -> None:
-        self._rate = bytes_per_second
-        self._burst = bytes_per_second * burst_seconds
-        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)
-
-    def allow(self, address: str, size: int, now: float) -> bool:
-        tokens, when = self._buckets.get(address, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - when) * self._rate)
-        if tokens < size:
-            self._buckets[address] = (tokens, now)
-            return False
-        self._buckets[address] = (tokens - size, now)
-        return True
-
-    def prune(self, now: float) -> None:
-        """Drop the buckets that have refilled: a full bucket is what a new address gets anyway."""
-        full = [
-            address
-            for address, (tokens, when) in self._buckets.items()
-            if tokens + (now - when) * self._rate >= self._burst
-        ]
-        for address in full:
-            del self._buckets[address]
-
-    def __len__(self) -> int:
-        return len(self._buckets)

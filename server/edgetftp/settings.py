@@ -19,7 +19,6 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -36,18 +35,12 @@ from pydantic.fields import FieldInfo
 
 from edgetftp import __version__
 from edgetftp.privileges import PrivilegeError, resolve_identity
+from edgetftp.transport.config import PortMode
 
 DEFAULT_PORT = 69
 ENV_PREFIX = "EDGETFTP_"
 _HEADER_SPLIT = re.compile(r"\n|,(?=\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+:)")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class PortMode(StrEnum):
-    """Where replies leave from."""
-
-    SINGLE = "single"  # every reply from the listening socket (edge networks need this)
-    PER_TRANSFER = "per-transfer"  # RFC 1350: a fresh ephemeral port (TID) per transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +104,10 @@ class Settings(BaseModel):
     )
 
     # --- network ---
-    listen: str = Field(
-        "0.0.0.0:69",
-        description="UDP address to serve on: HOST:PORT, [IPv6]:PORT or NAME:PORT (fly-global-services:69)",
+    listen: list[str] = Field(
+        ["0.0.0.0:69"],
+        description="UDP addresses to serve on, repeatable or comma-separated: HOST:PORT, [IPv6]:PORT or "
+        "NAME:PORT (0.0.0.0:69,[::]:69; fly-global-services:69)",
         json_schema_extra=_meta("HOST:PORT"),
     )
     port_mode: Literal["single", "per-transfer"] = Field(
@@ -190,6 +184,12 @@ class Settings(BaseModel):
         ge=0,
         description="bytes per second sent to one client address, at most (0 = no limit)",
         json_schema_extra=_meta("BYTES/S"),
+    )
+    client_ipv6_prefix: int = Field(
+        64,
+        ge=1,
+        le=128,
+        description="IPv6 clients share the per-client limits (sessions, rate) per prefix of this length",
     )
     allow_extensions: str = Field(
         "",
@@ -323,10 +323,22 @@ class Settings(BaseModel):
         False, description="with several SOURCE layers, try the next layer when one fails (not only on 404)"
     )
 
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _split_listen(cls, value: object) -> object:
+        """``--listen a --listen b``, ``--listen a,b`` and ``EDGETFTP_LISTEN=a,b`` all give [a, b]."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return value
+        return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
     @field_validator("listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen_list(value)
+    def _check_listen(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("no address given: use HOST:PORT")
+        for text in value:
+            parse_listen_list(text)
         return value
 
     @field_validator("http_listen")
@@ -407,11 +419,7 @@ class Settings(BaseModel):
     # --- derived values ---
     @property
     def listen_addresses(self) -> list[ListenAddress]:
-        return parse_listen_list(self.listen)
-
-    @property
-    def listen_address(self) -> ListenAddress:
-        return self.listen_addresses[0]
+        return [address for text in self.listen for address in parse_listen_list(text)]
 
     @property
     def reply_ports(self) -> PortMode:
@@ -544,6 +552,8 @@ def default_text(field: FieldInfo) -> str:
         return "on" if field.default else "off"
     if field.default in (None, "", []):
         return "unset"
+    if isinstance(field.default, list):
+        return ",".join(str(item) for item in field.default)
     return str(field.default)
 
 
