@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgetftp.protocol.budget import BudgetTable
 from edgetftp.transport.admission import (
     FLOOD_ANSWER_EVERY,
@@ -10,6 +12,8 @@ from edgetftp.transport.admission import (
     Admission,
     client_key,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def admission(total: int = 10, per_client: int = 2, flood: int = 5, window: float = 10.0) -> Admission:

@@ -14,6 +14,8 @@ from edgetftp.settings import ListenAddress, load_settings
 from tests.conftest import ContentTree, ServerProcess, free_port
 from tests.test_clients import fetch_with, sha256_of
 
+pytestmark = pytest.mark.integration
+
 StartServer = Callable[..., ServerProcess]
 
 

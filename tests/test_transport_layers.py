@@ -8,11 +8,15 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+import pytest
+
 from edgetftp import netutil
 from edgetftp.netutil import Arrival
 from edgetftp.transport.sender import DatagramSender, Endpoint
 from edgetftp.transport.timers import TimerQueue
 from tests.transport_harness import RecordingObserver
+
+pytestmark = pytest.mark.unit
 
 
 @dataclass(eq=False)

@@ -22,6 +22,8 @@ from edgetftp.transport import PortMode, ServerConfig
 from tests.rawclient import RawClient
 from tests.transport_harness import MemorySource, fetch, running_server, wait_until
 
+pytestmark = pytest.mark.unit
+
 RNG = random.Random(1350)
 FILES = {
     "big.bin": RNG.randbytes(2**20),

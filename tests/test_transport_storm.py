@@ -28,6 +28,8 @@ from edgetftp.protocol.packets import encode_request
 from tests.conftest import ServerProcess, free_port, free_tcp_port
 from tests.rawclient import RawClient
 
+pytestmark = pytest.mark.integration
+
 StartServer = Callable[..., ServerProcess]
 MiB = 1 << 20
 FLOOD_DELAY_BOUND = 10.0  # seconds: a 1 MiB lock-step fetch under the flood (measured: see below)

@@ -10,6 +10,8 @@ from edgetftp.protocol.codes import Opcode
 from edgetftp.protocol.demux import Route, route_listener_datagram, route_transfer_datagram
 from edgetftp.protocol.packets import encode_ack, encode_error, encode_request
 
+pytestmark = pytest.mark.unit
+
 REQUEST = encode_request(Opcode.RRQ, "boot.efi", "octet", {"blksize": "1428"})
 OTHER_REQUEST = encode_request(Opcode.RRQ, "grub.cfg", "octet")
 WRITE = encode_request(Opcode.WRQ, "boot.efi")
