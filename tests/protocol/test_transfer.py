@@ -23,7 +23,7 @@ from edgetftp.protocol import (
 )
 from edgetftp.protocol.packets import encode_ack, encode_error
 
-CONFIG = TransferConfig(timeout=1.0, max_timeout=4.0, retries=5)
+CONFIG = TransferConfig(timeout=1.0, max_timeout=4.0, retries=5, anticipate=0)  # lock-step unless a test says
 
 
 def make(
@@ -208,13 +208,15 @@ def test_anticipation_sends_ahead_only_after_the_client_answered() -> None:
         assert sent(transfer) == []
     transfer = make(b"i" * 512 * 20, config=TransferConfig(anticipate=8))
     sent(transfer)
-    assert [p.block for p in ack(transfer, 1)] == list(range(2, 10))  # type: ignore[attr-defined]
-    assert [p.block for p in ack(transfer, 2)] == [10]  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 1)] == [2, 3]  # type: ignore[attr-defined]  # the initial window
+    assert [p.block for p in ack(transfer, 2)] == [4, 5]  # type: ignore[attr-defined]  # slow start: +1 per ACK
     assert ack(transfer, 2) == []  # duplicates still send nothing
+    assert [p.block for p in ack(transfer, 3)] == [6, 7]  # type: ignore[attr-defined]
+    assert transfer.snapshot().window == 4
 
 
 def test_streamed_feed_keeps_memory_bounded() -> None:
-    config = TransferConfig(read_ahead=4)
+    config = TransferConfig(read_ahead=4, anticipate=0)  # lock-step: a window of 1
     transfer = ReadTransfer(ReadRequest("f", "octet", {"blksize": "512"}), config, 1468, 0.0)
     transfer.accept(512 * 100, 0.0)
     sent(transfer)  # the OACK
@@ -229,7 +231,7 @@ def test_streamed_feed_keeps_memory_bounded() -> None:
             fed += len(chunk)
             transfer.feed(chunk, fed >= len(data), 0.0)
             packets += sent(transfer)
-        assert len(transfer._buffer) <= (1 + 4 + 1) * 512 * 2  # window + read-ahead, never the file
+        assert transfer.snapshot().buffered <= (1 + 4 + 1) * 512 * 2  # window + read-ahead, never the file
         if not packets:
             break
         packet = packets.pop(0)
@@ -317,7 +319,7 @@ def test_lossy_client_gets_the_exact_file(
     options = {"blksize": str(blksize)}
     if window > 1:
         options["windowsize"] = str(window)
-    config = TransferConfig(retries=40, anticipate=anticipate)
+    config = TransferConfig(retries=40, anticipate=anticipate, max_silence=3600)  # very lossy: patience
     transfer = make(data, options, config)
     got = simulate(transfer, rng, loss, duplicate, window)
     event = transfer.next_event()
@@ -350,22 +352,27 @@ def test_slow_paths_keep_the_configured_timeout_as_ceiling() -> None:
     assert transfer.get_timer() == pytest.approx(4.0)
 
 
-def test_anticipation_halves_on_timeout_and_grows_back_on_clean_windows() -> None:
-    transfer = make(b"m" * 512 * 200, config=TransferConfig(anticipate=8))
+def test_anticipation_restarts_from_one_block_on_timeout_then_slow_starts_to_half() -> None:
+    transfer = make(b"m" * 512 * 300, config=TransferConfig(anticipate=8))
     sent(transfer)
-    assert len(ack(transfer, 1)) == 8  # blocks 2..9 in flight
+    now, block = 0.0, 1
+    while transfer.snapshot().window < 8:  # slow start: 2, then +1 per block acknowledged
+        now += 0.01
+        ack(transfer, block, now)
+        block += 1
+    assert block <= 8
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)
-    assert [p.block for p in sent(transfer)] == [2, 3, 4, 5]  # type: ignore[attr-defined]  # halved
-    now = deadline
-    block, widths = 1, []
-    while block < 60:
-        block += 1
+    assert [p.block for p in sent(transfer)] == [block]  # type: ignore[attr-defined]  # one block, not a window
+    now, widths = deadline, []
+    while block < 80:
         now += 0.01
         ack(transfer, block, now)
-        widths.append(transfer._cwnd)
-    assert widths[0] == 4 and widths[-1] == 8 and widths == sorted(widths)  # +1 per clean window
+        widths.append(transfer.snapshot().window)
+        block += 1
+    assert widths[:3] == [2, 3, 4]  # slow start again, up to half the window that failed
+    assert widths[3] == 4 and widths[-1] == 8 and widths == sorted(widths)  # then +1 per clean window
 
 
 def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
@@ -408,11 +415,12 @@ def test_negotiated_windows_are_always_sent_whole() -> None:
 def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
     transfer = make(b"p" * 512 * 20, config=TransferConfig(anticipate=4))
     sent(transfer)
-    assert [p.block for p in ack(transfer, 1, 0.0)] == [2, 3, 4, 5]  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 1, 0.0)] == [2, 3]  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 2, 0.0)] == [4, 5]  # type: ignore[attr-defined]
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)  # spurious: the ACKs were only late
-    assert [p.block for p in sent(transfer)] == [2, 3]  # type: ignore[attr-defined]
+    assert [p.block for p in sent(transfer)] == [3]  # type: ignore[attr-defined]
     blocks = [p.block for p in ack(transfer, 5, deadline + 0.01)]  # type: ignore[attr-defined]
     assert blocks and min(blocks) == 6
 
@@ -458,4 +466,4 @@ def test_fast_retransmissions_do_not_shorten_the_time_before_giving_up() -> None
     event = transfer.next_event()
     assert event is not None and event.outcome is Outcome.TIMED_OUT
     assert final - last_progress >= 1 + 2 + 4 + 4 + 4 + 4  # the configured schedule's silence
-    assert resends > CONFIG.retries  # retransmitted the whole time, from 0.2 s on
+    assert resends == CONFIG.retries  # one block per resend, ``retries`` times, then silence
