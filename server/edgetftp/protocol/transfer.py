@@ -354,14 +354,15 @@ class ReadTransfer:
             self._deadline = None
             self._fill(now)  # the budget has refilled: go on where it stopped
             return
-        if now - self._last_progress >= self._patience:
+        give_up_at = self._last_progress + self._patience  # the same sum as the deadline below
+        if now >= give_up_at:
             self._give_up(now)
             return
         if self._peer_confirmed and self._retries < self._config.retries:
             self._retransmit(now)
         # Before the first ACK nothing is resent here (no reflection): only the client's own repeated
         # RRQ brings the first reply again (request_repeated).  After ``retries`` resends: silence.
-        self._deadline = min(now + self._rto, self._last_progress + self._patience)
+        self._deadline = min(now + self._rto, give_up_at)
 
     def request_repeated(self, now: float) -> None:
         """The client sent its RRQ again: our first reply was lost (or is late).
