@@ -101,10 +101,13 @@ class Settings(BaseSettings):
     max_blksize: int = Field(65464, ge=512, le=65464, description="largest blksize ever granted")
     max_window: int = Field(64, ge=1, le=1024, description="largest RFC 7440 windowsize granted")
     anticipate: int = Field(
-        16,
+        64,
         ge=0,
-        le=64,
-        description="blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step)",
+        le=1024,
+        description=(
+            "most blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step); "
+            "the window starts at 2 blocks and doubles per clean round trip up to it"
+        ),
     )
 
     # --- retransmission ---
@@ -113,6 +116,15 @@ class Settings(BaseSettings):
         4.0, gt=0.05, le=255, description="cap on the retransmission timeout after backoff"
     )
     retries: int = Field(5, ge=1, le=50, description="retransmissions of one packet before giving up")
+    max_silence: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description=(
+            "seconds of client silence before a transfer is given up, whatever timeout the client "
+            "negotiated (a client that never ACKed gets at most the server's own retry schedule)"
+        ),
+    )
 
     # --- limits and policy ---
     max_sessions: int = Field(2000, ge=1, le=1_000_000, description="concurrent transfers in total")
@@ -123,7 +135,12 @@ class Settings(BaseSettings):
         description="concurrent transfers per client IP address (a lab behind one NAT shares it)",
     )
     client_rate: int = Field(
-        0, ge=0, description="bytes per second sent to one client address, at most (0 = no limit)"
+        4 * 2**20,
+        ge=0,
+        description=(
+            "bytes per second sent to one client address, at most, with a burst of one second's worth "
+            "(bounds blind-ACK reflection; 0 = no limit)"
+        ),
     )
     allow_extensions: str = Field(
         "", description="comma-separated file extensions allowed (.ipxe,.efi,.kpxe); empty allows all"

@@ -31,7 +31,8 @@ from typing import Protocol
 
 from edgetftp import netutil
 from edgetftp.netutil import Arrival
-from edgetftp.policy import ClientRateLimit, PathPolicy, PolicyError
+from edgetftp.policy import PathPolicy, PolicyError
+from edgetftp.protocol.budget import BudgetTable
 from edgetftp.protocol.codes import ErrorCode, Opcode
 from edgetftp.protocol.errors import MalformedPacket
 from edgetftp.protocol.events import Outcome, TransferEnded
@@ -159,7 +160,7 @@ class TftpServer:
         self._batch = 1  # datagrams to read on the next wake-up (see _on_listener_readable)
         self._single_port = config.port_mode is PortMode.SINGLE
         self._gso = sys.platform == "linux"  # turned off at the first refusal
-        self._rate_limit = ClientRateLimit(config.client_rate) if config.client_rate else None
+        self._budgets = BudgetTable(config.client_rate)  # the core spends it before each DATA
         self._heap: list[tuple[float, int, Session]] = []
         self._tokens = itertools.count(1)
         self._wake: asyncio.TimerHandle | None = None
@@ -324,7 +325,8 @@ class TftpServer:
             self._refuse(peer, arrival, ErrorCode.NOT_DEFINED, "Server busy, try again later", "no-port")
             return
         now = self._loop.time()
-        transfer = ReadTransfer(request, self.config.transfer, self._blksize_cap(arrival), now)
+        budget = self._budgets.for_client(peer[0], now)
+        transfer = ReadTransfer(request, self.config.transfer, self._blksize_cap(arrival), now, budget)
         session = Session(peer, request_bytes, transfer, endpoint)
         session.ancillary = _reply_from(endpoint, arrival)
         self._register(session)
@@ -393,8 +395,6 @@ class TftpServer:
         """Send what the transfer queued, re-arm its timer, handle its end, keep it fed."""
         transfer = session.transfer
         outgoing = transfer.datagrams_to_send()
-        if outgoing and self._rate_limit is not None:
-            outgoing = self._within_rate(session, outgoing)
         if len(outgoing) == 1 and not session.ancillary:  # the lock-step hot path
             try:
                 session.endpoint.sock.sendto(outgoing[0], session.peer)
@@ -413,15 +413,6 @@ class TftpServer:
         if session.streaming and not session.reading and transfer.bytes_wanted() > 0:
             session.reading = True
             self._spawn(session, self._read_more(session))
-
-    def _within_rate(self, session: Session, outgoing: list[bytes]) -> list[bytes]:
-        """The datagrams the client's byte budget allows; the rest count as lost (the transfer backs off)."""
-        assert self._rate_limit is not None
-        now = self._loop.time()
-        allowed = [d for d in outgoing if self._rate_limit.allow(session.client_ip, len(d), now)]
-        if len(allowed) < len(outgoing):
-            self.observer.datagram_dropped("rate-limited")
-        return allowed
 
     def _send_window(
         self, endpoint: Endpoint, outgoing: list[bytes], peer: Peer, ancillary: list[tuple[int, int, bytes]]
@@ -550,8 +541,8 @@ class TftpServer:
             self._per_client[session.client_ip] = remaining
         else:
             self._per_client.pop(session.client_ip, None)
-            if self._rate_limit is not None and len(self._rate_limit) > 2 * self.config.max_sessions:
-                self._rate_limit.prune(self._loop.time())  # bounded by recently active addresses
+            if len(self._budgets) > 2 * self.config.max_sessions:
+                self._budgets.prune(self._loop.time())  # bounded by recently active addresses
         for task in session.tasks:
             task.cancel()
         content = session.content
