@@ -21,7 +21,9 @@ from edgetftp.protocol import (
     TransferConfig,
     decode,
 )
+from edgetftp.protocol.budget import SendBudget
 from edgetftp.protocol.packets import encode_ack, encode_error
+from edgetftp.protocol.transfer import retransmission_schedule
 
 CONFIG = TransferConfig(timeout=1.0, max_timeout=4.0, retries=5, anticipate=0)  # lock-step unless a test says
 
@@ -467,3 +469,190 @@ def test_fast_retransmissions_do_not_shorten_the_time_before_giving_up() -> None
     assert event is not None and event.outcome is Outcome.TIMED_OUT
     assert final - last_progress >= 1 + 2 + 4 + 4 + 4 + 4  # the configured schedule's silence
     assert resends == CONFIG.retries  # one block per resend, ``retries`` times, then silence
+
+
+# --- issue 12: what an unacknowledged session may cost, and files that change ----------------------
+
+
+def drive_to_end(transfer: ReadTransfer, client_acks: bool = True) -> list[Data]:
+    """A lock-step client on a clean path: every DATA acknowledged in order."""
+    received: list[Data] = []
+    packets = sent(transfer)
+    while not transfer.ended and packets:
+        packet = packets.pop(0)
+        if isinstance(packet, OptionAck):
+            packets += ack(transfer, 0)
+        elif isinstance(packet, Data) and packet.block == (len(received) + 1) & 0xFFFF:
+            received.append(packet)
+            packets += ack(transfer, packet.block)
+    return received
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=3000).map(lambda b: bytes(b"ab\r\n"[x % 4] for x in b)),
+    blksize=st.integers(8, 40),
+    streamed=st.booleans(),
+    chunk=st.integers(1, 200),
+)
+def test_netascii_blocks_equal_the_whole_encoding_cut_in_blocks(
+    data: bytes, blksize: int, streamed: bool, chunk: int
+) -> None:
+    """Blocks are encoded one at a time, resident or streamed in any chunking, byte-identical."""
+    config = TransferConfig(anticipate=4, read_ahead=1)
+    transfer = ReadTransfer(ReadRequest("f", "netascii", {"blksize": str(blksize)}), config, 1468, 0.0)
+    transfer.accept(len(data), 0.0)
+    fed = 0
+    if not streamed:
+        transfer.feed(data, True, 0.0)
+        fed = len(data)
+    received: list[bytes] = []
+    packets = sent(transfer)
+    for _ in range(100_000):
+        if transfer.ended:
+            break
+        if streamed and transfer.bytes_wanted() > 0:
+            piece = data[fed : fed + chunk]
+            fed += len(piece)
+            transfer.feed(piece, fed >= len(data), 0.0)
+            packets += sent(transfer)
+            continue
+        packet = packets.pop(0)
+        if isinstance(packet, OptionAck):
+            packets += ack(transfer, 0)
+        elif isinstance(packet, Data) and packet.block == len(received) + 1:
+            received.append(packet.payload)
+            packets += ack(transfer, packet.block)
+    expected = data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+    assert b"".join(received) == expected
+    assert len(received) == len(expected) // blksize + 1
+    assert all(len(block) == blksize for block in received[:-1])
+
+
+def test_netascii_retransmits_from_any_unacknowledged_block() -> None:
+    data = b"\r\n\n\r" * 700  # every block boundary falls inside or between CR pairs
+    transfer = make(data, {"blksize": "7"}, config=TransferConfig(anticipate=8), mode="netascii")
+    sent(transfer)
+    first = {p.block: p.payload for p in ack(transfer, 0) if isinstance(p, Data)}
+    first.update({p.block: p.payload for p in ack(transfer, 1) if isinstance(p, Data)})
+    deadline = transfer.get_timer()
+    assert deadline is not None
+    transfer.handle_timer(deadline)
+    again = [p for p in sent(transfer) if isinstance(p, Data)]
+    assert [p.block for p in again] == [2] and again[0].payload == first[2]
+    rest = {p.block: p.payload for p in ack(transfer, 2, deadline) if isinstance(p, Data)}
+    assert rest and all(first[block] == payload for block, payload in rest.items() if block in first)
+
+
+def test_a_resident_netascii_file_is_never_copied_before_the_first_ack() -> None:
+    """A spoofed netascii RRQ for a large file holds a view of the shared copy and one block's encoding."""
+    data = b"line\n" * (2**20 // 5)
+    transfer = make(data, {"blksize": "1400", "tsize": "0"}, mode="netascii")
+    snapshot = transfer.snapshot()
+    assert snapshot.buffered == len(data) and snapshot.highest_sent == 0  # the view, no encoded copy
+    assert sent(transfer) == [OptionAck({"blksize": "1400"})]  # tsize is not offered in netascii
+    transfer.handle_timer(1.0)
+    assert sent(transfer) == []  # nothing is resent before the first ACK
+    assert transfer.snapshot().highest_sent == 0
+
+
+def test_a_file_that_grows_while_served_ends_with_file_changed() -> None:
+    transfer = ReadTransfer(ReadRequest("f", "octet", {}), CONFIG, 1468, 0.0)
+    transfer.accept(1000, 0.0)
+    transfer.feed(b"x" * 600, False, 0.0)
+    transfer.feed(b"y" * 600, False, 0.0)
+    packets = sent(transfer)
+    assert packets[-1] == Error(ErrorCode.NOT_DEFINED, "File changed")
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.SOURCE_ERROR
+    assert "grew beyond 1000 bytes" in event.reason
+
+
+def test_a_file_that_shrinks_while_served_ends_with_file_changed() -> None:
+    transfer = ReadTransfer(ReadRequest("f", "octet", {}), CONFIG, 1468, 0.0)
+    transfer.accept(4096, 0.0)
+    transfer.feed(b"x" * 2048, True, 0.0)  # a short read taken for the end of the file
+    assert Error(ErrorCode.NOT_DEFINED, "File changed") in sent(transfer)
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.SOURCE_ERROR
+    assert "ended at 2048 of 4096 bytes" in event.reason
+    assert not any(isinstance(p, Data) and len(p.payload) < 512 for p in sent(transfer))
+
+
+def test_a_file_of_unknown_size_is_not_checked() -> None:
+    transfer = ReadTransfer(ReadRequest("f", "octet", {}), CONFIG, 1468, 0.0)
+    transfer.accept(None, 0.0)
+    transfer.feed(b"z" * 700, True, 0.0)
+    assert b"".join(p.payload for p in drive_to_end(transfer)) == b"z" * 700
+
+
+def run_silent(transfer: ReadTransfer) -> float:
+    """Fire the timer until the transfer gives up; returns when it did."""
+    end = 0.0
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        sent(transfer)
+        end = deadline
+    return end
+
+
+def test_a_client_timeout_of_255_s_cannot_hold_a_session_beyond_max_silence() -> None:
+    """RFC 2349 timeout=255 sets the retransmission interval, never the silence tolerated."""
+    config = TransferConfig()
+    transfer = make(b"t" * 5000, {"timeout": "255"}, config=config)
+    assert sent(transfer) == [OptionAck({"timeout": "255"})]
+    never_acked = run_silent(transfer)
+    assert never_acked <= retransmission_schedule(config, confirmed=False).give_up <= 19.0
+    transfer = make(b"t" * 5000, {"timeout": "255"}, config=config)
+    sent(transfer)
+    ack(transfer, 0, 1.0)
+    gave_up = run_silent(transfer)
+    assert gave_up - 1.0 == pytest.approx(config.max_silence)  # 30 s, not 255 x 6 = 1,530 s
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.TIMED_OUT
+
+
+def test_the_schedule_function_is_what_the_transfer_does() -> None:
+    config = TransferConfig(anticipate=0)
+    transfer = make(b"s" * 5000, config=config)
+    sent(transfer)
+    ack(transfer, 1, 0.5)
+    times = []
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        if sent(transfer):
+            times.append(deadline - 0.5)
+        end = deadline
+    schedule = retransmission_schedule(config)  # a 0.5 s sample: RTO 0.5 + 4 x 0.25, capped at 1 s
+    assert tuple(times) == pytest.approx(schedule.resends)
+    assert end - 0.5 == pytest.approx(schedule.give_up)
+
+
+def test_a_blind_ack_to_a_window_costs_one_window_and_bounded_single_block_resends() -> None:
+    """RRQ with windowsize 64 + one blind ACK 0: the window, its one whole resend, then single blocks."""
+    config = TransferConfig()
+    transfer = make(bytes(1468 * 200), {"blksize": "1468", "windowsize": "64"}, config=config)
+    sent(transfer)
+    packets = ack(transfer, 0, 0.0)
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        packets += sent(transfer)
+    assert len(packets) == 64 + 64 + (len(retransmission_schedule(config).resends) - 1)
+
+
+def test_the_send_budget_delays_what_it_refuses_and_never_counts_it() -> None:
+    budget = SendBudget(bytes_per_second=10 * 516, burst_bytes=4 * 516, now=0.0)
+    config = TransferConfig(anticipate=16)
+    transfer = ReadTransfer(ReadRequest("f", "octet", {}), config, 1468, 0.0, budget)
+    transfer.accept(512 * 40, 0.0)
+    transfer.feed(bytes(512 * 40), True, 0.0)
+    assert len(sent(transfer)) == 1  # DATA 1
+    first = ack(transfer, 1, 0.0)  # the initial window of 2 blocks: affordable
+    second = ack(transfer, 2, 0.0)  # 3 more wanted, 1 affordable
+    assert len(first) == 2 and len(second) == 1
+    assert transfer.stats.datagrams_sent == 4  # what was refused was not counted
+    deadline = transfer.get_timer()
+    assert deadline == pytest.approx(0.1)  # when the budget has 516 bytes again
+    transfer.handle_timer(deadline)
+    assert len(sent(transfer)) == 1
+    assert transfer.snapshot().retries == 0  # waiting for the budget is not a retransmission

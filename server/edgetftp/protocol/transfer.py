@@ -348,15 +348,16 @@ class ReadTransfer:
             )
 
     def handle_timer(self, now: float) -> None:
-        if self._deadline is None or now < self._deadline or self.state is State.ENDED:
+        deadline = self.get_timer()
+        if deadline is None or now < deadline or self.state is State.ENDED:
+            return
+        give_up_at = self._last_progress + self._patience  # the same sum as in get_timer
+        if now >= give_up_at:
+            self._give_up(now)
             return
         if self._waiting_for_budget:
             self._deadline = None
             self._fill(now)  # the budget has refilled: go on where it stopped
-            return
-        give_up_at = self._last_progress + self._patience  # the same sum as the deadline below
-        if now >= give_up_at:
-            self._give_up(now)
             return
         if self._peer_confirmed and self._retries < self._config.retries:
             self._retransmit(now)
@@ -386,7 +387,11 @@ class ReadTransfer:
             self._fill(now)
 
     def get_timer(self) -> float | None:
-        return self._deadline
+        deadline = self._deadline
+        if deadline is None:
+            return None
+        give_up_at = self._last_progress + self._patience  # a client's long timeout never outlasts it
+        return deadline if deadline < give_up_at else give_up_at
 
     def datagrams_to_send(self) -> list[bytes]:
         out, self._outgoing = self._outgoing, []
