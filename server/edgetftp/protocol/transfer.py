@@ -105,7 +105,10 @@ class Schedule:
 
 
 def retransmission_schedule(
-    config: TransferConfig, client_timeout: float | None = None, confirmed: bool = True, first_rto: float | None = None
+    config: TransferConfig,
+    client_timeout: float | None = None,
+    confirmed: bool = True,
+    first_rto: float | None = None,
 ) -> Schedule:
     """The server's retransmission schedule after the last progress.  Pure; tests use it as their bound.
 
@@ -120,7 +123,8 @@ def retransmission_schedule(
         # Nothing proves the address is real: the server's own schedule, never the client's timeout.
         own = _backoff_total(config.timeout, config.max_timeout, config.retries + 1)
         return Schedule((), min(give_up, own))
-    rto, at, resends = first_rto if first_rto is not None else base, 0.0, []
+    rto, at = first_rto if first_rto is not None else base, 0.0
+    resends: list[float] = []
     while len(resends) < config.retries:
         at += rto
         if at >= give_up:
@@ -286,7 +290,9 @@ class ReadTransfer:
         fed = self._fed + len(data)
         if size is not None and (fed > size or (eof and fed < size)):
             change = f"grew beyond {size} bytes" if fed > size else f"ended at {fed} of {size} bytes"
-            self._fail(Outcome.SOURCE_ERROR, ErrorCode.NOT_DEFINED, FILE_CHANGED, now, f"file changed: {change}")
+            self._fail(
+                Outcome.SOURCE_ERROR, ErrorCode.NOT_DEFINED, FILE_CHANGED, now, f"file changed: {change}"
+            )
             return
         self._append(data)
         if eof:
