@@ -219,6 +219,63 @@ def test_abandoned_sessions_expire_and_memory_returns(
     assert after_rounds[1] - baseline < 24 * MiB
 
 
+def netascii_text(size: int, seed: int) -> bytes:
+    """Text with bare LFs, CR LFs and bare CRs, so the netascii encoding expands it."""
+    rng = random.Random(seed)
+    lines = [b"x" * rng.randrange(0, 80) + rng.choice((b"\n", b"\r\n", b"\r")) for _ in range(4096)]
+    text = b"".join(lines)
+    return (text * (size // len(text) + 1))[:size]
+
+
+def unacknowledged_requests(
+    server: ServerProcess, name: str, count: int, options: dict[str, str]
+) -> list[socket.socket]:
+    """``count`` RRQs from their own sockets that never ACK (what a spoofer costs the server)."""
+    sockets = [udp_socket() for _ in range(count)]
+    for index, sock in enumerate(sockets):
+        sock.sendto(encode_request(Opcode.RRQ, name, "netascii", options), server.address)
+        if index % 100 == 99:
+            time.sleep(0.01)  # bursts the size of a socket buffer
+    return sockets
+
+
+def test_unacknowledged_netascii_sessions_cost_a_window_not_the_file(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Issue 12 item 1: 500 never-ACKed netascii RRQs for a 1 MiB file and 12 for a 48 MiB file.
+    Before the change each session encoded its own copy of the file (RSS +507 MiB and +581 MiB)."""
+    (tmp_path / "ipxe.txt").write_bytes(netascii_text(MiB, seed=1))
+    (tmp_path / "big.txt").write_bytes(netascii_text(48 * MiB, seed=2))
+    http_port = free_tcp_port()
+    server = start_server(
+        *("--max-sessions-per-client", "2000", "--http-listen", f"127.0.0.1:{http_port}"), str(tmp_path)
+    )
+    with RawClient(server.address) as client:  # both files resident, as after any first download
+        small = client.fetch("ipxe.txt", "netascii", blksize=1428).data
+        big = client.fetch("big.txt", "netascii", blksize=65464).data
+    assert small == (tmp_path / "ipxe.txt").read_bytes().replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+    assert len(big) > 48 * MiB
+    baseline = rss_bytes(server.proc.pid)
+    sockets = unacknowledged_requests(server, "ipxe.txt", 500, {"blksize": "1428"})
+    sockets += unacknowledged_requests(server, "big.txt", 12, {"blksize": "65464", "windowsize": "64"})
+    try:
+        assert wait_for(lambda: metric(http_port, "edgetftp_active_sessions") >= 500, 10)
+        started = time.perf_counter()
+        with RawClient(server.address, timeout=10.0) as client:  # another client is served meanwhile
+            assert client.fetch("ipxe.txt", "netascii", blksize=1428).data == small
+        other_client = time.perf_counter() - started
+        peak = max(rss_bytes(server.proc.pid) for _ in range(5) if time.sleep(0.1) is None)
+    finally:
+        for sock in sockets:
+            sock.close()
+    growth = peak - baseline
+    print(
+        f"512 never-ACKed netascii sessions (500 x 1 MiB, 12 x 48 MiB): RSS {baseline >> 20} -> "
+        f"{peak >> 20} MiB (+{growth >> 20} MiB); another client's 1 MiB netascii fetch took {other_client:.3f} s"
+    )
+    assert growth < 32 * MiB
+
+
 # --- reflection -----------------------------------------------------------------------------------
 
 
