@@ -19,9 +19,7 @@ from edgetftp.protocol import (
 )
 from edgetftp.protocol.packets import encode_error
 
-names = st.text(
-    st.characters(exclude_characters="\0", exclude_categories=["Cs"]), min_size=1, max_size=40
-)
+names = st.text(st.characters(exclude_characters="\0", exclude_categories=["Cs"]), min_size=1, max_size=40)
 option_names = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12).map(
     str.lower
 )

@@ -23,7 +23,7 @@ from edgetftp.protocol import (
 )
 from edgetftp.protocol.budget import SendBudget
 from edgetftp.protocol.packets import encode_ack, encode_error
-from edgetftp.protocol.transfer import retransmission_schedule
+from edgetftp.protocol.transfer import UNPROVEN_RESENDS, retransmission_schedule
 
 CONFIG = TransferConfig(timeout=1.0, max_timeout=4.0, retries=5, anticipate=0)  # lock-step unless a test says
 
@@ -90,8 +90,9 @@ def test_timeout_retransmits_with_backoff_then_gives_up() -> None:
     transfer = make(b"d" * 2000)
     sent(transfer)
     assert ack(transfer, 1, 1.0) == [Data(2, b"d" * 512)]  # a 1 s round trip: the timeout stays 1 s
-    assert transfer.get_timer() == 2.0
-    transfer.handle_timer(1.5)  # early wake-up: nothing happens
+    assert ack(transfer, 2, 2.0) == [Data(3, b"d" * 512)]  # a second ACK: resends up to ``retries``
+    assert transfer.get_timer() == 3.0
+    transfer.handle_timer(2.5)  # early wake-up: nothing happens
     assert sent(transfer) == []
     deadlines = []
     for _ in range(5):
@@ -99,8 +100,8 @@ def test_timeout_retransmits_with_backoff_then_gives_up() -> None:
         assert now is not None
         deadlines.append(now)
         transfer.handle_timer(now)
-        assert sent(transfer) == [Data(2, b"d" * 512)]
-    assert deadlines == [2.0, 4.0, 8.0, 12.0, 16.0]  # 1 s, then doubling, capped at 4 s
+        assert sent(transfer) == [Data(3, b"d" * 512)]
+    assert deadlines == [3.0, 5.0, 9.0, 13.0, 17.0]  # 1 s, then doubling, capped at 4 s
     now = transfer.get_timer()
     assert now is not None
     transfer.handle_timer(now)
@@ -615,20 +616,38 @@ def test_a_client_timeout_of_255_s_cannot_hold_a_session_beyond_max_silence() ->
     assert event is not None and event.outcome is Outcome.TIMED_OUT
 
 
-def test_the_schedule_function_is_what_the_transfer_does() -> None:
+@pytest.mark.parametrize("acks", [1, 2])
+def test_the_schedule_function_is_what_the_transfer_does(acks: int) -> None:
+    """One ACK (maybe blind) earns UNPROVEN_RESENDS resends per stall; a second one ``retries``."""
     config = TransferConfig(anticipate=0)
     transfer = make(b"s" * 5000, config=config)
     sent(transfer)
-    ack(transfer, 1, 0.5)
-    times = []
+    for block in range(1, acks + 1):
+        ack(transfer, block, 0.5 * block)
+    last_ack = 0.5 * acks
+    times, end = [], 0.0
     while (deadline := transfer.get_timer()) is not None:
         transfer.handle_timer(deadline)
         if sent(transfer):
-            times.append(deadline - 0.5)
+            times.append(deadline - last_ack)
         end = deadline
-    schedule = retransmission_schedule(config)  # a 0.5 s sample: RTO 0.5 + 4 x 0.25, capped at 1 s
+    # 0.5 s samples: RTO 0.5 + 4 x 0.25, capped at the configured 1 s
+    schedule = retransmission_schedule(config, proven=acks > 1)
     assert tuple(times) == pytest.approx(schedule.resends)
-    assert end - 0.5 == pytest.approx(schedule.give_up)
+    assert end - last_ack == pytest.approx(schedule.give_up)
+    assert len(schedule.resends) == (config.retries if acks > 1 else UNPROVEN_RESENDS)
+
+
+def test_a_duplicate_ack_after_the_resends_are_used_up_brings_one_block() -> None:
+    """A real client whose DATA and our one resend were both lost re-ACKs on its own timeout."""
+    transfer = make(b"u" * 5000, config=TransferConfig(anticipate=0))
+    sent(transfer)
+    ack(transfer, 1, 0.1)
+    while (deadline := transfer.get_timer()) is not None and deadline < 5.0:
+        transfer.handle_timer(deadline)
+        sent(transfer)
+    assert [p.block for p in ack(transfer, 1, 5.0)] == [2]  # type: ignore[attr-defined]
+    assert ack(transfer, 1, 5.01) == []  # the network's duplicate of it: nothing
 
 
 def test_a_blind_ack_to_a_window_costs_one_window_and_bounded_single_block_resends() -> None:
@@ -640,7 +659,8 @@ def test_a_blind_ack_to_a_window_costs_one_window_and_bounded_single_block_resen
     while (deadline := transfer.get_timer()) is not None:
         transfer.handle_timer(deadline)
         packets += sent(transfer)
-    assert len(packets) == 64 + 64 + (len(retransmission_schedule(config).resends) - 1)
+    resends = len(retransmission_schedule(config, proven=False).resends)
+    assert len(packets) == 64 + 64 + (resends - 1)  # the first resend is the whole window, then single blocks
 
 
 def test_the_send_budget_delays_what_it_refuses_and_never_counts_it() -> None:

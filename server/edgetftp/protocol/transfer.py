@@ -63,6 +63,7 @@ SUPPORTED_MODES = frozenset({"octet", "netascii"})
 TIMING_INTERVAL = 8  # blocks between two round-trip samples
 CEILING_RECOVERY = 4  # clean windows (of the full size) before a lowered window ceiling rises by one
 INITIAL_WINDOW = 2  # blocks beyond the first ACK for a lock-step client: an unproven address
+UNPROVEN_RESENDS = 1  # timeout resends per stall until a second ACK has made progress
 FILE_CHANGED = "File changed"
 _pack_data_header = struct.Struct("!HH").pack
 _DATA, _ACK = int(Opcode.DATA), int(Opcode.ACK)
@@ -94,6 +95,7 @@ class TransferConfig:
     anticipate: int = 64  # most blocks sent ahead for clients without windowsize (0 = lock-step)
     read_ahead: int = 32  # blocks buffered beyond the window when the file is streamed
     max_silence: float = 30.0  # seconds of client silence before giving up, whatever its timeout
+    max_window_bytes: int = 128 * 1024  # bytes one window may hold (caps windowsize and anticipation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +111,14 @@ def retransmission_schedule(
     client_timeout: float | None = None,
     confirmed: bool = True,
     first_rto: float | None = None,
+    proven: bool = True,
 ) -> Schedule:
     """The server's retransmission schedule after the last progress.  Pure; tests use it as their bound.
 
     ``client_timeout`` is the RFC 2349 timeout the client negotiated (it sets the interval, never the
     silence beyond ``max_silence``); ``confirmed`` False is a client that never ACKed (no resends, a
-    shorter patience); ``first_rto`` is the measured timeout (default: the configured one).
+    shorter patience); ``first_rto`` is the measured timeout (default: the configured one);
+    ``proven`` False is a client with a single ACK so far (``UNPROVEN_RESENDS`` resends at most).
     """
     base = float(client_timeout) if client_timeout is not None else config.timeout
     ceiling = max(config.max_timeout, base)
@@ -125,7 +129,8 @@ def retransmission_schedule(
         return Schedule((), min(give_up, own))
     rto, at = first_rto if first_rto is not None else base, 0.0
     resends: list[float] = []
-    while len(resends) < config.retries:
+    limit = config.retries if proven else min(config.retries, UNPROVEN_RESENDS)
+    while len(resends) < limit:
         at += rto
         if at >= give_up:
             break
@@ -208,6 +213,7 @@ class ReadTransfer:
         self._highest_sent = 0
         self._last_block: int | None = None  # known once the end of the file has been encoded
         self._peer_confirmed = False  # the client has ACKed: its address answers (or is spoofed well)
+        self._proven = False  # a second ACK made progress (one blind ACK is cheap; a sequence is not)
         self._resent_first = 0  # first replies resent for repeated requests
         self._restarted = False  # the client went back to ACK 0 once (see _on_restart)
         self._first_sent_at = now
@@ -238,7 +244,7 @@ class ReadTransfer:
             self.request.options,
             self.request.mode,
             size,
-            Limits(max_blksize=self._max_blksize, max_window=config.max_window),
+            Limits(self._max_blksize, config.max_window, config.max_window_bytes),
         )
         self._size = size
         self._blksize = granted.blksize
@@ -246,7 +252,8 @@ class ReadTransfer:
             self._window, self._go_back_on_ack = granted.windowsize, True
             self._cwnd = self._ssthresh = self._window
         elif config.anticipate > 0:
-            self._window = self._ssthresh = config.anticipate
+            by_bytes = max(1, config.max_window_bytes // granted.blksize)
+            self._window = self._ssthresh = min(config.anticipate, by_bytes)
             self._cwnd = min(INITIAL_WINDOW, self._window)
         self._cwnd_ceiling = self._window
         if granted.timeout is not None:
@@ -365,7 +372,7 @@ class ReadTransfer:
             self._deadline = None
             self._fill(now)  # the budget has refilled: go on where it stopped
             return
-        if self._peer_confirmed and self._retries < self._config.retries:
+        if self._peer_confirmed and self._retries < self._resend_limit():
             self._retransmit(now)
         # Before the first ACK nothing is resent here (no reflection): only the client's own repeated
         # RRQ brings the first reply again (request_repeated).  After ``retries`` resends: silence.
@@ -458,15 +465,19 @@ class ReadTransfer:
         if block <= acked:
             if block == acked:
                 self.stats.duplicate_acks += 1  # never answered: that is the Sorcerer's Apprentice bug
-                if self._go_back_on_ack and now - self._window_sent_at >= self._settled_rto:
-                    self._on_window_timeout_ack(now)  # ... except an RFC 7440 receiver's timeout
+                if now - self._window_sent_at >= self._settled_rto and (
+                    self._go_back_on_ack or self._retries >= self._resend_limit()
+                ):
+                    self._on_timeout_ack(now)  # ... except a receiver's timeout, past our own resends
             elif block == 0:
                 self._on_restart(now)
             return  # else a stale (reordered) ACK
         if not self._peer_confirmed:
             self._confirm()  # the first ACK earns the initial window, no growth yet
-        elif self._cwnd < self._window:
-            self._grow_window(block - acked)
+        else:
+            self._proven = True  # a second ACK with progress: resends per stall up to ``retries``
+            if self._cwnd < self._window:
+                self._grow_window(block - acked)
         self._acked = block
         if self._marks:
             self._forget_marks(acked, block)
@@ -483,14 +494,16 @@ class ReadTransfer:
         self._deadline = None
         self._fill(now)
 
-    def _on_window_timeout_ack(self, now: float) -> None:
-        """An RFC 7440 receiver re-ACKs its last in-order block when it times out (RFC 7440 section 4):
-        the rest of our window was lost, so send it again.  A duplicate arriving sooner than the
-        settled timeout after our last send is the network's copy and gets nothing."""
+    def _on_timeout_ack(self, now: float) -> None:
+        """A receiver re-ACKs its last in-order block when it times out (RFC 7440 section 4; lock-step
+        clients too): what followed was lost.  An RFC 7440 window is sent again; for a lock-step client
+        this only happens once our own resends for the stall are used up, and sends one block.  A
+        duplicate sooner than the settled timeout after our last send is the network's copy: nothing.
+        Each such resend costs the sender an ACK, so a blind spoofer pays per datagram (and the budget)."""
         self._next = self._acked + 1
         self._deadline = None
         self._window_sent_at = now
-        self._fill(now)
+        self._fill(now, whole_window=self._go_back_on_ack)
 
     def _on_restart(self, now: float) -> None:
         """ACK 0 after progress: the client went back to the OACK and expects block 1 again.
@@ -506,6 +519,9 @@ class ReadTransfer:
         self._deadline = None
         self._fill(now)
 
+    def _resend_limit(self) -> int:
+        return self._config.retries if self._proven else min(self._config.retries, UNPROVEN_RESENDS)
+
     def _retransmit(self, now: float) -> None:
         """A timeout after the first ACK: resend from the first unacknowledged block, boundedly.
 
@@ -518,9 +534,8 @@ class ReadTransfer:
         self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
         self._next = self._acked + 1
         whole_window = self._go_back_on_ack and self._retries == 1
-        if whole_window:
-            self._window_sent_at = now
-        elif not self._go_back_on_ack:
+        self._window_sent_at = now
+        if not self._go_back_on_ack:
             self._shrink_window()
         self._fill(now, whole_window)
 
