@@ -28,7 +28,12 @@ from bench.loadgen import ClientTiming, LoadConfig, TransferSpec, run_load
 from edgetftp.protocol import Data, Error, ErrorCode, OptionAck, decode
 from edgetftp.protocol.codes import Opcode
 from edgetftp.protocol.packets import encode_ack, encode_error, encode_request
-from edgetftp.protocol.transfer import INITIAL_WINDOW, TransferConfig, retransmission_schedule
+from edgetftp.protocol.transfer import (
+    ANTICIPATION_MAX_BYTES,
+    INITIAL_WINDOW,
+    TransferConfig,
+    retransmission_schedule,
+)
 from tests.conftest import ContentTree, ServerProcess, free_tcp_port
 from tests.rawclient import RawClient
 from tests.s3support import S3Endpoint, s3_endpoint
@@ -465,7 +470,7 @@ def test_a_blind_ack_draws_a_bounded_reply_computed_from_the_schedule(
     unproven = retransmission_schedule(config, proven=False)
     resends = len(unproven.resends)
     lockstep_blocks = 1 + INITIAL_WINDOW + resends  # DATA 1 (or an OACK), the initial window, resends
-    jumbo_window = max(1, config.max_window_bytes // 65464)
+    jumbo_window = max(1, ANTICIPATION_MAX_BYTES // 65464)
     windowed = min(64, config.max_window_bytes // 1468)
     bounds = {  # datagrams, largest payload
         "(b) RRQ + ACK 1, no options": (lockstep_blocks, 516),

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     max_blksize: int = Field(65464, ge=512, le=65464, description="largest blksize ever granted")
     max_window: int = Field(64, ge=1, le=1024, description="largest RFC 7440 windowsize granted")
     anticipate: int = Field(
-        64,
+        128,
         ge=0,
         le=1024,
         description=(

@@ -64,6 +64,7 @@ TIMING_INTERVAL = 8  # blocks between two round-trip samples
 CEILING_RECOVERY = 4  # clean windows (of the full size) before a lowered window ceiling rises by one
 INITIAL_WINDOW = 2  # blocks beyond the first ACK for a lock-step client: an unproven address
 UNPROVEN_RESENDS = 1  # timeout resends per stall until a second ACK has made progress
+ANTICIPATION_MAX_BYTES = 2**20  # in flight for a lock-step client at most (socket buffers, NIC rings)
 FILE_CHANGED = "File changed"
 _pack_data_header = struct.Struct("!HH").pack
 _DATA, _ACK = int(Opcode.DATA), int(Opcode.ACK)
@@ -92,10 +93,10 @@ class TransferConfig:
     min_timeout: float = 0.2  # floor of the timeout measured from round trips (like TCP's 200 ms)
     retries: int = 5  # retransmissions per stall (and first replies per repeated RRQ) at most
     max_window: int = 64  # largest RFC 7440 windowsize granted
-    anticipate: int = 64  # most blocks sent ahead for clients without windowsize (0 = lock-step)
+    anticipate: int = 128  # most blocks sent ahead for clients without windowsize (0 = lock-step)
     read_ahead: int = 32  # blocks buffered beyond the window when the file is streamed
     max_silence: float = 30.0  # seconds of client silence before giving up, whatever its timeout
-    max_window_bytes: int = 128 * 1024  # bytes one window may hold (caps windowsize and anticipation)
+    max_window_bytes: int = 128 * 1024  # bytes of a negotiated (RFC 7440) window, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +253,7 @@ class ReadTransfer:
             self._window, self._go_back_on_ack = granted.windowsize, True
             self._cwnd = self._ssthresh = self._window
         elif config.anticipate > 0:
-            by_bytes = max(1, config.max_window_bytes // granted.blksize)
+            by_bytes = max(1, ANTICIPATION_MAX_BYTES // granted.blksize)
             self._window = self._ssthresh = min(config.anticipate, by_bytes)
             self._cwnd = min(INITIAL_WINDOW, self._window)
         self._cwnd_ceiling = self._window
