@@ -511,6 +511,20 @@ def test_a_blind_ack_sequence_is_bounded_by_the_address_budget(
 # --- side by side with tftpd-hpa (python -m tests.test_hardening) --------------------------------------
 
 
+def wait_serving(address: tuple[str, int], timeout: float = 20.0) -> None:
+    """Until the server answers an RRQ (a real TFTP answer, not a log line)."""
+    deadline = time.monotonic() + timeout
+    with udp_socket(timeout=0.2) as probe:
+        while time.monotonic() < deadline:
+            probe.sendto(encode_request(Opcode.RRQ, "missing", "octet"), address)
+            try:
+                probe.recv(70000)
+                return
+            except TimeoutError:
+                continue
+    raise RuntimeError(f"no TFTP answer from {address}")
+
+
 def measure_reflection(sequence: int = 150) -> None:
     """Print (a), (b), (c) with every setting at its default (edgetftp, fly.toml's settings and tftpd-hpa)."""
     import os
@@ -538,7 +552,7 @@ def measure_reflection(sequence: int = 150) -> None:
                 argv = [*command, "--listen", f"127.0.0.1:{port}", root]
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                time.sleep(1.5)
+                wait_serving(("127.0.0.1", port))
                 window = 1 if name.startswith("tftpd") else 64
                 attacks = blind_attacks(window, sequence)
                 if name.startswith("tftpd"):  # lock-step: the blind sequence ACKs every block

@@ -101,12 +101,12 @@ class Settings(BaseSettings):
     max_blksize: int = Field(65464, ge=512, le=65464, description="largest blksize ever granted")
     max_window: int = Field(64, ge=1, le=1024, description="largest RFC 7440 windowsize granted")
     anticipate: int = Field(
-        128,
+        64,
         ge=0,
         le=1024,
         description=(
             "most blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step); "
-            "the window starts at 2 blocks and doubles per clean round trip up to it"
+            "the window starts at 2 blocks and triples per clean round trip up to it"
         ),
     )
 

@@ -215,10 +215,10 @@ def test_anticipation_sends_ahead_only_after_the_client_answered() -> None:
     transfer = make(b"i" * 512 * 20, config=TransferConfig(anticipate=8))
     sent(transfer)
     assert [p.block for p in ack(transfer, 1)] == [2, 3]  # type: ignore[attr-defined]  # the initial window
-    assert [p.block for p in ack(transfer, 2)] == [4, 5]  # type: ignore[attr-defined]  # slow start: +1 per ACK
+    assert [p.block for p in ack(transfer, 2)] == [4, 5, 6]  # type: ignore[attr-defined]  # slow start: +2 per ACK
     assert ack(transfer, 2) == []  # duplicates still send nothing
-    assert [p.block for p in ack(transfer, 3)] == [6, 7]  # type: ignore[attr-defined]
-    assert transfer.snapshot().window == 4
+    assert [p.block for p in ack(transfer, 3)] == [7, 8, 9]  # type: ignore[attr-defined]
+    assert transfer.snapshot().window == 6
 
 
 def test_streamed_feed_keeps_memory_bounded() -> None:
@@ -362,7 +362,7 @@ def test_anticipation_restarts_from_one_block_on_timeout_then_slow_starts_to_hal
     transfer = make(b"m" * 512 * 300, config=TransferConfig(anticipate=8))
     sent(transfer)
     now, block = 0.0, 1
-    while transfer.snapshot().window < 8:  # slow start: 2, then +1 per block acknowledged
+    while transfer.snapshot().window < 8:  # slow start: 2, then +2 per block acknowledged
         now += 0.01
         ack(transfer, block, now)
         block += 1
@@ -377,8 +377,8 @@ def test_anticipation_restarts_from_one_block_on_timeout_then_slow_starts_to_hal
         ack(transfer, block, now)
         widths.append(transfer.snapshot().window)
         block += 1
-    assert widths[:3] == [2, 3, 4]  # slow start again, up to half the window that failed
-    assert widths[3] == 4 and widths[-1] == 8 and widths == sorted(widths)  # then +1 per clean window
+    assert widths[:3] == [3, 4, 4]  # slow start again, up to half the window that failed
+    assert widths[-1] == 8 and widths == sorted(widths)  # then +1 per clean window
 
 
 def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
@@ -422,7 +422,7 @@ def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
     transfer = make(b"p" * 512 * 20, config=TransferConfig(anticipate=4))
     sent(transfer)
     assert [p.block for p in ack(transfer, 1, 0.0)] == [2, 3]  # type: ignore[attr-defined]
-    assert [p.block for p in ack(transfer, 2, 0.0)] == [4, 5]  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 2, 0.0)] == [4, 5, 6]  # type: ignore[attr-defined]  # 4 ahead
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)  # spurious: the ACKs were only late

@@ -23,9 +23,10 @@ of any size work.
 Sending: at most ``cwnd`` blocks beyond the last acknowledged one.  For an RFC 7440 client ``cwnd``
 is the negotiated windowsize (its receiver only ACKs a whole window, so it is always sent whole).
 For a lock-step client with anticipation on, ``cwnd`` starts at ``INITIAL_WINDOW`` and grows by slow
-start (doubling per clean round trip) up to ``anticipate`` or the first loss, then by one block per
-clean window (AIMD); a timeout drops it to one block.  Duplicate ACKs never send anything
-(Sorcerer's Apprentice): only a timeout, or an RFC 7440 gap ACK, resends.
+start (x3 per clean round trip) up to ``anticipate`` or the first loss, then by one block per clean
+window (AIMD); a timeout drops it to one block and halves the slow-start threshold.  Duplicate ACKs
+send nothing (Sorcerer's Apprentice) unless they are a receiver's own timeout (``_on_timeout_ack``);
+only a timeout, or an RFC 7440 gap ACK, resends.
 
 Reflection (TFTP has no handshake; see docs/hardening.md): until the client's first ACK only the
 first reply is sent, and only the client's repeated RRQ brings it again (``request_repeated``).  A
@@ -64,6 +65,7 @@ TIMING_INTERVAL = 8  # blocks between two round-trip samples
 CEILING_RECOVERY = 4  # clean windows (of the full size) before a lowered window ceiling rises by one
 INITIAL_WINDOW = 2  # blocks beyond the first ACK for a lock-step client: an unproven address
 UNPROVEN_RESENDS = 1  # timeout resends per stall until a second ACK has made progress
+SLOW_START_GAIN = 2  # blocks added to the window per block acknowledged in slow start
 ANTICIPATION_MAX_BYTES = 2**20  # in flight for a lock-step client at most (socket buffers, NIC rings)
 FILE_CHANGED = "File changed"
 _pack_data_header = struct.Struct("!HH").pack
@@ -93,7 +95,7 @@ class TransferConfig:
     min_timeout: float = 0.2  # floor of the timeout measured from round trips (like TCP's 200 ms)
     retries: int = 5  # retransmissions per stall (and first replies per repeated RRQ) at most
     max_window: int = 64  # largest RFC 7440 windowsize granted
-    anticipate: int = 128  # most blocks sent ahead for clients without windowsize (0 = lock-step)
+    anticipate: int = 64  # most blocks sent ahead for clients without windowsize (0 = lock-step)
     read_ahead: int = 32  # blocks buffered beyond the window when the file is streamed
     max_silence: float = 30.0  # seconds of client silence before giving up, whatever its timeout
     max_window_bytes: int = 128 * 1024  # bytes of a negotiated (RFC 7440) window, at most
@@ -558,7 +560,8 @@ class ReadTransfer:
         then +1 per clean window, up to the ceiling; the ceiling recovers after a long clean run."""
         ceiling = self._cwnd_ceiling
         if self._cwnd < self._ssthresh:
-            self._cwnd = min(self._cwnd + acknowledged, self._ssthresh, ceiling)
+            # Two more blocks per block acknowledged: x3 per round trip, 2 -> 64 in four round trips.
+            self._cwnd = min(self._cwnd + SLOW_START_GAIN * acknowledged, self._ssthresh, ceiling)
         else:
             self._clean_acks += acknowledged
             if self._clean_acks >= self._cwnd and self._cwnd < ceiling:
