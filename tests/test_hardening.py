@@ -525,7 +525,7 @@ def wait_serving(address: tuple[str, int], timeout: float = 20.0) -> None:
     raise RuntimeError(f"no TFTP answer from {address}")
 
 
-def measure_reflection(sequence: int = 150) -> None:
+def measure_reflection(sequence: int = 150, with_tftpd_hpa: bool = True, with_edgetftp: bool = True) -> None:
     """Print (a), (b), (c) with every setting at its default (edgetftp, fly.toml's settings and tftpd-hpa)."""
     import os
     import subprocess
@@ -533,16 +533,25 @@ def measure_reflection(sequence: int = 150) -> None:
 
     from bench.peers import TFTPD_HPA, free_udp_port
 
-    fly = ("--mtu", "1300", "--client-rate", os.environ.get("FLY_CLIENT_RATE", str(4 * MiB)))
+    # fly.toml's [env]; FLY_ARGS and SERVER_PYTHONPATH let the same run measure an older build
+    fly = tuple(os.environ.get("FLY_ARGS", f"--mtu 1300 --client-rate {4 * MiB} --max-window 64").split())
+    server_env = {
+        **os.environ,
+        "PYTHONPATH": os.environ.get("SERVER_PYTHONPATH", os.environ.get("PYTHONPATH", "")),
+    }
     with tempfile.TemporaryDirectory(prefix="core-reflection-") as root:
         Path(root, "a").write_bytes(random.Random(5).randbytes(16 * MiB))
+        Path(root).chmod(0o755)  # tftpd-hpa reads as nobody
+        Path(root, "a").chmod(0o644)
         servers: list[tuple[str, list[str], float]] = []
         edgetftp = [sys.executable, "-m", "edgetftp", "--drain-timeout", "0"]
         servers.append(("edgetftp defaults", edgetftp, retransmission_schedule(TransferConfig()).give_up))
         servers.append(
             ("edgetftp fly.toml", [*edgetftp, *fly], retransmission_schedule(TransferConfig()).give_up)
         )
-        if os.access(TFTPD_HPA, os.X_OK):
+        if not with_edgetftp:
+            servers.clear()
+        if with_tftpd_hpa and os.access(TFTPD_HPA, os.X_OK):
             servers.append(("tftpd-hpa 5.2", [TFTPD_HPA, "--foreground", "--secure"], 35.0))
         for name, command, listen_after in servers:
             port = free_udp_port()
@@ -550,7 +559,9 @@ def measure_reflection(sequence: int = 150) -> None:
                 argv = [*command[:2], "--listen", "--address", f"127.0.0.1:{port}", *command[2:], root]
             else:
                 argv = [*command, "--listen", f"127.0.0.1:{port}", root]
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env
+            )
             try:
                 wait_serving(("127.0.0.1", port))
                 window = 1 if name.startswith("tftpd") else 64
@@ -732,4 +743,6 @@ def test_impaired_transfers_from_s3(endpoint: S3Endpoint, tmp_path: Path, port_m
 
 
 if __name__ == "__main__":
-    measure_reflection()
+    measure_reflection(
+        with_tftpd_hpa="--no-tftpd-hpa" not in sys.argv, with_edgetftp="--only-tftpd-hpa" not in sys.argv
+    )
