@@ -412,10 +412,11 @@ def test_negotiated_windows_are_always_sent_whole() -> None:
     transfer = make(b"n" * 512 * 40, {"windowsize": "8"})
     sent(transfer)
     ack(transfer, 0)
+    assert [p.block for p in ack(transfer, 8, 0.1)] == list(range(9, 17))  # type: ignore[attr-defined]
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)
-    assert [p.block for p in sent(transfer)] == list(range(1, 9))  # type: ignore[attr-defined]
+    assert [p.block for p in sent(transfer)] == list(range(9, 17))  # type: ignore[attr-defined]
 
 
 def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
@@ -651,7 +652,7 @@ def test_a_duplicate_ack_after_the_resends_are_used_up_brings_one_block() -> Non
 
 
 def test_a_blind_ack_to_a_window_costs_one_window_and_bounded_single_block_resends() -> None:
-    """RRQ with windowsize 64 + one blind ACK 0: the window, its one whole resend, then single blocks."""
+    """RRQ with windowsize 64 + one blind ACK 0: the window, then single-block resends."""
     config = TransferConfig()
     transfer = make(bytes(1468 * 200), {"blksize": "1468", "windowsize": "64"}, config=config)
     sent(transfer)
@@ -660,7 +661,7 @@ def test_a_blind_ack_to_a_window_costs_one_window_and_bounded_single_block_resen
         transfer.handle_timer(deadline)
         packets += sent(transfer)
     resends = len(retransmission_schedule(config, proven=False).resends)
-    assert len(packets) == 64 + 64 + (resends - 1)  # the first resend is the whole window, then single blocks
+    assert len(packets) == 64 + resends  # single blocks: a real receiver re-ACKs on its own timeout
 
 
 def test_the_send_budget_delays_what_it_refuses_and_never_counts_it() -> None:
@@ -679,3 +680,15 @@ def test_the_send_budget_delays_what_it_refuses_and_never_counts_it() -> None:
     transfer.handle_timer(deadline)
     assert len(sent(transfer)) == 1
     assert transfer.snapshot().retries == 0  # waiting for the budget is not a retransmission
+
+
+def test_an_rfc7440_receiver_that_lost_the_first_window_gets_it_again_by_re_acking() -> None:
+    """Before a second ACK our timer resends one block; the receiver's timeout re-ACK brings the window."""
+    transfer = make(b"w" * 512 * 40, {"windowsize": "8"})
+    sent(transfer)
+    assert len(ack(transfer, 0, 0.0)) == 8  # all lost
+    deadline = transfer.get_timer()
+    assert deadline is not None
+    transfer.handle_timer(deadline)
+    assert [p.block for p in sent(transfer)] == [1]  # type: ignore[attr-defined]  # lost too
+    assert [p.block for p in ack(transfer, 0, deadline + 2.0)] == list(range(1, 9))  # type: ignore[attr-defined]

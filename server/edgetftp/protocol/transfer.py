@@ -528,15 +528,17 @@ class ReadTransfer:
     def _retransmit(self, now: float) -> None:
         """A timeout after the first ACK: resend from the first unacknowledged block, boundedly.
 
-        An RFC 7440 window is resent whole once per stall (its receiver ACKs only a whole window);
-        every other resend is the first unacknowledged block alone, so a window whose ACK never comes
-        (a blind ACK from a spoofer) costs at most one more window plus ``retries`` blocks.
+        An RFC 7440 window is resent whole once per stall (its receiver ACKs only a whole window),
+        once a second ACK has proven the address; every other resend is the first unacknowledged
+        block alone.  So a window drawn by one blind ACK costs that window plus ``UNPROVEN_RESENDS``
+        blocks, and a stalled window later at most one more window plus ``retries`` blocks.
         """
         self._retries += 1
         self._rto = min(self._rto * 2, self._max_rto)
         self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
         self._next = self._acked + 1
-        whole_window = self._go_back_on_ack and self._retries == 1
+        # An unproven session's receiver re-ACKs on its own timeout if it is real (_on_timeout_ack).
+        whole_window = self._go_back_on_ack and self._retries == 1 and self._proven
         self._window_sent_at = now
         if not self._go_back_on_ack:
             self._shrink_window()
