@@ -448,7 +448,12 @@ def blind_attacks(blind_ack_window: int, sequence: int) -> list[BlindAttack]:
         BlindAttack("(b) RRQ blksize 65464 + ACK 0", jumbo, (0,)),
         BlindAttack("(b) RRQ blksize 1468 windowsize 64 + ACK 0", windowed, (0,)),
         BlindAttack(
-            f"(c) RRQ blksize 1468 windowsize 64 + {sequence} ACKs",
+            f"(c) RRQ blksize 1468 + {sequence} ACKs 1, 2, 3...",
+            encode_request(Opcode.RRQ, "a", "octet", {"blksize": "1468"}),
+            tuple(range(sequence)),
+        ),
+        BlindAttack(
+            f"(c) RRQ blksize 1468 windowsize 64 + {sequence} ACKs 0, 64, 128...",
             windowed,
             tuple(index * blind_ack_window for index in range(sequence)),
         ),
@@ -564,17 +569,14 @@ def measure_reflection(sequence: int = 150, with_tftpd_hpa: bool = True, with_ed
             )
             try:
                 wait_serving(("127.0.0.1", port))
-                window = 1 if name.startswith("tftpd") else 64
-                attacks = blind_attacks(window, sequence)
-                if name.startswith("tftpd"):  # lock-step: the blind sequence ACKs every block
-                    attacks[-1] = BlindAttack(
-                        f"(c) RRQ blksize 1468 + {sequence} ACKs", attacks[-1].request, tuple(range(sequence))
-                    )
+                attacks = blind_attacks(64, sequence)
                 address = ("127.0.0.1", port)
                 attack_with = functools.partial(run_blind_attack, address, listen_after=listen_after)
-                with ThreadPoolExecutor(len(attacks) - 1) as pool:  # (a) and (b) together
-                    results = list(pool.map(attack_with, attacks[:-1]))
-                results.append(attack_with(attacks[-1]))  # (c) alone: the budget is per address
+                with ThreadPoolExecutor(len(attacks) - 2) as pool:  # (a) and (b) together
+                    results = list(pool.map(attack_with, attacks[:-2]))
+                results += [
+                    attack_with(attack) for attack in attacks[-2:]
+                ]  # (c) alone: one budget per address
                 for attack, result in zip(attacks, results, strict=True):
                     print(
                         f"| {name} | {attack.label} | {result.bytes_in} | {len(result.replies)} | "
