@@ -358,7 +358,7 @@ def test_slow_paths_keep_the_configured_timeout_as_ceiling() -> None:
     assert transfer.get_timer() == pytest.approx(4.0)
 
 
-def test_anticipation_resends_one_block_on_timeout_then_goes_on_at_half_the_window() -> None:
+def test_anticipation_resends_half_the_window_on_timeout_then_grows_by_one() -> None:
     transfer = make(b"m" * 512 * 300, config=TransferConfig(anticipate=8))
     sent(transfer)
     now, block = 0.0, 1
@@ -370,7 +370,7 @@ def test_anticipation_resends_one_block_on_timeout_then_goes_on_at_half_the_wind
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)
-    assert [p.block for p in sent(transfer)] == [block]  # type: ignore[attr-defined]  # one block, not a window
+    assert [p.block for p in sent(transfer)] == list(range(block, block + 4))  # type: ignore[attr-defined]  # halved
     now, widths = deadline, []
     while block < 80:
         now += 0.01
@@ -427,7 +427,7 @@ def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)  # spurious: the ACKs were only late
-    assert [p.block for p in sent(transfer)] == [3]  # type: ignore[attr-defined]
+    assert [p.block for p in sent(transfer)] == [3, 4]  # type: ignore[attr-defined]  # the halved window
     blocks = [p.block for p in ack(transfer, 5, deadline + 0.01)]  # type: ignore[attr-defined]
     assert blocks and min(blocks) == 6
 

@@ -24,7 +24,7 @@ Sending: at most ``cwnd`` blocks beyond the last acknowledged one.  For an RFC 7
 is the negotiated windowsize (its receiver only ACKs a whole window, so it is always sent whole).
 For a lock-step client with anticipation on, ``cwnd`` starts at ``INITIAL_WINDOW`` and grows by slow
 start (x3 per clean round trip) up to ``anticipate`` or the first loss, then by one block per clean
-window (AIMD); a timeout halves it and resends only the first unacknowledged block.  Duplicate ACKs
+window (AIMD); a timeout halves it.  Duplicate ACKs
 send nothing (Sorcerer's Apprentice) unless they are a receiver's own timeout (``_on_timeout_ack``);
 only a timeout, or an RFC 7440 gap ACK, resends.
 
@@ -528,17 +528,19 @@ class ReadTransfer:
     def _retransmit(self, now: float) -> None:
         """A timeout after the first ACK: resend from the first unacknowledged block, boundedly.
 
-        An RFC 7440 window is resent whole once per stall (its receiver ACKs only a whole window),
-        once a second ACK has proven the address; every other resend is the first unacknowledged
-        block alone.  So a window drawn by one blind ACK costs that window plus ``UNPROVEN_RESENDS``
-        blocks, and a stalled window later at most one more window plus ``retries`` blocks.
+        Once a second ACK has proven the address, the window (an RFC 7440 one whole: its receiver ACKs
+        only a whole window; the anticipation window halved) is resent once per stall; every other
+        resend is the first unacknowledged block alone.  So a window drawn by one blind ACK costs that
+        window plus ``UNPROVEN_RESENDS`` blocks, and a stalled window later at most one more window
+        plus ``retries`` blocks.
         """
         self._retries += 1
         self._rto = min(self._rto * 2, self._max_rto)
         self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
         self._next = self._acked + 1
-        # An unproven session's receiver re-ACKs on its own timeout if it is real (_on_timeout_ack).
-        whole_window = self._go_back_on_ack and self._retries == 1 and self._proven
+        # The first resend of a proven stall is the (halved, for anticipation) window; an unproven
+        # session's receiver re-ACKs on its own timeout if it is real (_on_timeout_ack).
+        whole_window = self._retries == 1 and self._proven
         self._window_sent_at = now
         if not self._go_back_on_ack:
             self._shrink_window()
@@ -547,11 +549,11 @@ class ReadTransfer:
     def _shrink_window(self) -> None:
         """A timeout while anticipating: the burst overran the path or the client's buffer.
 
-        Halve it (and end slow start there); only the first unacknowledged block is resent, and the
-        halved window flows as soon as its ACK comes (dropping to one block and slow-starting again
-        made busybox 3x slower at 1% loss).  A loss at the same size as the last one means the client
-        cannot take that burst (a small firmware ring, not random loss): cap the window below it, so
-        the transfer settles instead of losing again every few blocks.
+        Halve it (and end slow start there) and resend the halved window once (dropping to one block
+        and slow-starting again made busybox 3x slower at 1% loss; resending one block, +40%).  A loss
+        at the same size as the last one means the client cannot take that burst (a small firmware
+        ring, not random loss): cap the window below it, so the transfer settles instead of losing
+        again every few blocks.
         """
         if self._cwnd == self._loss_cwnd:
             self._cwnd_ceiling = max(1, self._cwnd - 1)
