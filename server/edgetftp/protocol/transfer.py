@@ -455,6 +455,14 @@ class ReadTransfer:
             self._deadline = None
             self._fill(now)
 
+    def _on_early_or_growing_ack(self, acknowledged: int) -> None:
+        if not self._peer_confirmed:
+            self._confirm()  # the first ACK earns the initial window, no growth yet
+            return
+        self._proven = True  # a second ACK with progress: resends per stall up to ``retries``
+        if self._cwnd < self._window:
+            self._grow_window(acknowledged)
+
     def _confirm(self) -> None:
         """The first ACK: from now on the client's (capped) retransmission schedule applies."""
         self._peer_confirmed = True
@@ -475,12 +483,8 @@ class ReadTransfer:
             elif block == 0:
                 self._on_restart(now)
             return  # else a stale (reordered) ACK
-        if not self._peer_confirmed:
-            self._confirm()  # the first ACK earns the initial window, no growth yet
-        else:
-            self._proven = True  # a second ACK with progress: resends per stall up to ``retries``
-            if self._cwnd < self._window:
-                self._grow_window(block - acked)
+        if self._cwnd < self._window or not self._proven:
+            self._on_early_or_growing_ack(block - acked)
         self._acked = block
         if self._marks:
             self._forget_marks(acked, block)
@@ -562,11 +566,11 @@ class ReadTransfer:
         self._cwnd, self._clean_acks, self._clean_since_loss = self._ssthresh, 0, 0
 
     def _grow_window(self, acknowledged: int) -> None:
-        """Slow start (one more block per block acknowledged: doubling per round trip) up to ssthresh,
-        then +1 per clean window, up to the ceiling; the ceiling recovers after a long clean run."""
+        """Slow start (``SLOW_START_GAIN`` more blocks per block acknowledged) up to ssthresh, then +1
+        per clean window, up to the ceiling; the ceiling recovers after a long clean run."""
         ceiling = self._cwnd_ceiling
         if self._cwnd < self._ssthresh:
-            # Two more blocks per block acknowledged: x3 per round trip, 2 -> 64 in four round trips.
+            # x3 per round trip: 2 -> 64 in four round trips (doubling took 0.93 s for 1 MiB at 50 ms)
             self._cwnd = min(self._cwnd + SLOW_START_GAIN * acknowledged, self._ssthresh, ceiling)
         else:
             self._clean_acks += acknowledged
@@ -633,7 +637,16 @@ class ReadTransfer:
             block += 1
             sent += 1
             start += blksize
-        self._account(sent, block, highest, new_bytes, now)
+        if sent:  # _account, inlined on the hot path
+            stats = self.stats
+            stats.retransmits += sent - (highest - self._highest_sent)
+            stats.bytes_sent += new_bytes
+            stats.datagrams_sent += sent
+            self._next, self._highest_sent = block, highest
+            if not self._waiting_for_budget:
+                self._deadline = now + self._rto
+        elif self._deadline is None and highest > acked:
+            self._deadline = now + self._rto
 
     def _fill_netascii(self, now: float, whole_window: bool) -> None:
         """``_fill`` for netascii: each block is encoded from the raw bytes when it is sent."""
