@@ -287,6 +287,41 @@ def test_unacknowledged_netascii_sessions_cost_a_window_not_the_file(
     assert growth < 32 * MiB
 
 
+def test_a_client_timeout_of_255_s_cannot_hold_a_slot_beyond_max_silence(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Issue 12 item 2, end to end: RFC 2349 timeout=255 once held a slot for 255 x 6 = 1,530 s."""
+    (tmp_path / "a").write_bytes(bytes(64 * 1024))
+    http_port = free_tcp_port()
+    config = TransferConfig(timeout=0.2, max_timeout=0.4, max_silence=3.0)
+    server = start_server(
+        *("--timeout", str(config.timeout), "--max-timeout", str(config.max_timeout)),
+        *("--max-silence", str(config.max_silence), "--http-listen", f"127.0.0.1:{http_port}"),
+        str(tmp_path),
+    )
+    request = encode_request(Opcode.RRQ, "a", "octet", {"timeout": "255", "blksize": "1024"})
+    with udp_socket(timeout=5.0) as never_acks, udp_socket(timeout=5.0) as acks_once:
+        started = time.monotonic()
+        never_acks.sendto(request, server.address)
+        acks_once.sendto(request, server.address)
+        assert decode(never_acks.recv(70000)) == OptionAck({"timeout": "255", "blksize": "1024"})
+        _, reply_from = acks_once.recvfrom(70000)
+        acks_once.sendto(encode_ack(0), reply_from)
+        assert wait_for(lambda: metric(http_port, "edgetftp_active_sessions") == 2, 2)
+        unconfirmed = retransmission_schedule(config, client_timeout=255, confirmed=False).give_up
+        confirmed = retransmission_schedule(config, client_timeout=255).give_up
+        assert wait_for(lambda: metric(http_port, "edgetftp_active_sessions") <= 1, unconfirmed + 2)
+        first_gone = time.monotonic() - started
+        assert wait_for(lambda: metric(http_port, "edgetftp_active_sessions") == 0, confirmed + 2)
+        both_gone = time.monotonic() - started
+    print(
+        f"timeout=255 clients: never-ACKed session gone after {first_gone:.1f} s "
+        f"(schedule {unconfirmed:.1f} s), ACKed-once session after {both_gone:.1f} s "
+        f"(--max-silence {config.max_silence:.0f} s)"
+    )
+    assert both_gone < config.max_silence + 3  # never 255 s
+
+
 # --- reflection -----------------------------------------------------------------------------------
 
 
