@@ -699,6 +699,7 @@ class ReadTransfer:
 
     def _wait_for_budget(self, budget: SendBudget, size: int, now: float) -> None:
         self._waiting_for_budget = True
+        self.stats.budget_waits += 1
         self._deadline = budget.ready_at(size, now)
 
     def _account(self, sent: int, block: int, highest: int, new_bytes: int, now: float) -> None:
