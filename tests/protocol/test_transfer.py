@@ -693,3 +693,14 @@ def test_an_rfc7440_receiver_that_lost_the_first_window_gets_it_again_by_re_acki
     transfer.handle_timer(deadline)
     assert [p.block for p in sent(transfer)] == [1]  # type: ignore[attr-defined]  # lost too
     assert [p.block for p in ack(transfer, 0, deadline + 2.0)] == list(range(1, 9))  # type: ignore[attr-defined]
+
+
+def test_acks_sooner_than_the_round_trip_allows_neither_grow_nor_prove() -> None:
+    """Blind ACKs sent back to back cannot have waited for the data: the window stays at 2."""
+    transfer = make(b"v" * 512 * 50, config=TransferConfig(anticipate=16))
+    sent(transfer)
+    ack(transfer, 1, 0.1)  # a 100 ms round trip for DATA 1
+    assert [p.block for p in ack(transfer, 2, 0.1001)] == [4]  # type: ignore[attr-defined]  # no growth
+    assert transfer.snapshot().window == 2
+    assert [p.block for p in ack(transfer, 3, 0.2)] == [5, 6, 7]  # type: ignore[attr-defined]  # plausible
+    assert transfer.snapshot().window == 4

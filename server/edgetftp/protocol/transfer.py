@@ -65,6 +65,7 @@ TIMING_INTERVAL = 8  # blocks between two round-trip samples
 CEILING_RECOVERY = 4  # clean windows (of the full size) before a lowered window ceiling rises by one
 INITIAL_WINDOW = 2  # blocks beyond the first ACK for a lock-step client: an unproven address
 UNPROVEN_RESENDS = 1  # timeout resends per stall until a second ACK has made progress
+PLAUSIBLE_RTT_FRACTION = 0.5  # an ACK for the initial window sooner than this x the first RTT is blind
 SLOW_START_GAIN = 2  # blocks added to the window per block acknowledged in slow start
 ANTICIPATION_MAX_BYTES = 2**20  # in flight for a lock-step client at most (socket buffers, NIC rings)
 FILE_CHANGED = "File changed"
@@ -216,7 +217,8 @@ class ReadTransfer:
         self._highest_sent = 0
         self._last_block: int | None = None  # known once the end of the file has been encoded
         self._peer_confirmed = False  # the client has ACKed: its address answers (or is spoofed well)
-        self._proven = False  # a second ACK made progress (one blind ACK is cheap; a sequence is not)
+        self._proven = False  # a second ACK made progress, in plausible time after the first
+        self._confirmed_at = now  # when the first ACK came (and the initial window left)
         self._resent_first = 0  # first replies resent for repeated requests
         self._restarted = False  # the client went back to ACK 0 once (see _on_restart)
         self._first_sent_at = now
@@ -450,16 +452,22 @@ class ReadTransfer:
             self._on_data_ack(wire_block, now)
         elif state is _OACK_SENT and wire_block == 0:
             self._confirm()
+            self._confirmed_at = now
             self.state = _SENDING
             self._on_progress(0, now)
             self._deadline = None
             self._fill(now)
 
-    def _on_early_or_growing_ack(self, acknowledged: int) -> None:
+    def _on_early_or_growing_ack(self, acknowledged: int, now: float) -> None:
         if not self._peer_confirmed:
             self._confirm()  # the first ACK earns the initial window, no growth yet
+            self._confirmed_at = now
             return
-        self._proven = True  # a second ACK with progress: resends per stall up to ``retries``
+        if not self._proven:
+            srtt = self._srtt
+            if srtt is not None and now - self._confirmed_at < PLAUSIBLE_RTT_FRACTION * srtt:
+                return  # sooner than the path's round trip allows: a blind ACK, not a receiver
+            self._proven = True  # a plausible second ACK: growth, and resends up to ``retries``
         if self._cwnd < self._window:
             self._grow_window(acknowledged)
 
@@ -484,7 +492,7 @@ class ReadTransfer:
                 self._on_restart(now)
             return  # else a stale (reordered) ACK
         if self._cwnd < self._window or not self._proven:
-            self._on_early_or_growing_ack(block - acked)
+            self._on_early_or_growing_ack(block - acked, now)
         self._acked = block
         if self._marks:
             self._forget_marks(acked, block)
