@@ -102,15 +102,16 @@ class CheckedTransfer:
 
     @property
     def acked(self) -> int:
-        return self.transfer._acked
+        return self.transfer.snapshot().acked
 
     @property
     def highest_sent(self) -> int:
-        return self.transfer._highest_sent
+        return self.transfer.snapshot().highest_sent
 
     @property
     def window(self) -> int:
-        return self.transfer._window if self.transfer.peer_confirmed else 1
+        snapshot = self.transfer.snapshot()
+        return snapshot.window_cap if snapshot.peer_confirmed else 1
 
     # --- driver calls (legal ones; illegal ones must raise LocalProtocolError) ---
 
@@ -131,7 +132,7 @@ class CheckedTransfer:
         """Feed the next ``length`` bytes of the file (eof when they reach its end)."""
         chunk = self.data[self.fed : self.fed + length]
         eof = self.fed + len(chunk) >= len(self.data)
-        legal = self.ended or not self.transfer._eof
+        legal = self.ended or not self.transfer.snapshot().eof
         if legal and not self.ended:
             self.fed += len(chunk)
             self.largest_chunk = max(self.largest_chunk, len(chunk))
@@ -140,7 +141,7 @@ class CheckedTransfer:
     def feed_wanted(self, extra: int = 0) -> None:
         """What the transport does: feed when ``bytes_wanted()`` is positive (it reads a bit more)."""
         wanted = self.transfer.bytes_wanted()
-        if self.streamed and wanted > 0 and not self.transfer._eof:
+        if self.streamed and wanted > 0 and not self.transfer.snapshot().eof:
             self.feed(wanted + extra)
 
     def receive(self, datagram: bytes) -> None:
@@ -227,7 +228,7 @@ class CheckedTransfer:
                 f"{self.unconfirmed_replies} datagrams before the client's first ACK",
             )
         else:
-            require(len(out) <= max(1, transfer._window), f"{len(out)} datagrams in one call")
+            require(len(out) <= max(1, transfer.snapshot().window_cap), f"{len(out)} datagrams in one call")
         for datagram in out:
             self._check_datagram(datagram)
         self.sent.extend(out)
@@ -248,7 +249,8 @@ class CheckedTransfer:
                 f"DATA {block} outside the window ({self.acked}, {self.acked + self.window}]",
             )
             if len(packet.payload) < blksize:
-                require(transfer._last_block == block, f"short DATA {block}, last is {transfer._last_block}")
+                last = transfer.snapshot().last_block
+                require(last == block, f"short DATA {block}, last is {last}")
         elif isinstance(packet, OptionAck):
             require(transfer.state is State.OACK_SENT, f"OACK in state {transfer.state.name}")
             require(
@@ -273,40 +275,40 @@ class CheckedTransfer:
     def _check_end(self, event: TransferEnded) -> None:
         transfer = self.transfer
         if event.outcome is Outcome.COMPLETED:
-            last = transfer._last_block
-            require(last is not None and transfer._highest_sent == last, "completed before the last DATA")
-            require(
-                transfer._acked == last or event.stats.final_ack_missing, "completed without the last ACK"
-            )
+            snapshot = transfer.snapshot()
+            last = snapshot.last_block
+            require(last is not None and snapshot.highest_sent == last, "completed before the last DATA")
+            require(snapshot.acked == last or event.stats.final_ack_missing, "completed without the last ACK")
             require(event.stats.bytes_sent == len(self.stream), "completed with the wrong byte count")
         require(event.stats.bytes_sent <= len(self.stream), "more file bytes than the file has")
         require(event.stats.retransmits >= 0, "negative retransmits")
 
     def _check_state(self) -> None:
         transfer = self.transfer
+        snapshot = transfer.snapshot()
         require(isinstance(transfer.state, State), "state is not a State")
         timer = transfer.get_timer()
         if transfer.ended:
             require(timer is None, "a timer after the end")
-            require(len(transfer._buffer) == 0, "the file's bytes held after the end")
+            require(snapshot.buffered == 0, "the file's bytes held after the end")
             return
         if transfer.state is State.RESOLVING:
             require(timer is None and not transfer.peer_confirmed, "RESOLVING with a timer or a peer")
             return
-        outstanding = transfer.state is State.OACK_SENT or transfer._highest_sent > transfer._acked
+        outstanding = transfer.state is State.OACK_SENT or snapshot.highest_sent > snapshot.acked
         require((timer is not None) == outstanding, f"timer {timer} but outstanding={outstanding}")
         if not outstanding:
             require(transfer.bytes_wanted() > 0, "stuck: nothing outstanding, nothing wanted")
-        require(0 <= transfer._acked <= transfer._highest_sent, "acked beyond what was sent")
-        # Retransmissions follow the RTT, giving up follows the configured schedule's total silence:
-        # past the configured count, but boundedly (the timeout doubles up to its cap).
-        require(transfer._retries <= self.config.retries + EXTRA_FIRINGS, "unbounded retries")
+        require(0 <= snapshot.acked <= snapshot.highest_sent, "acked beyond what was sent")
+        # Retransmissions follow the RTT and stop after ``retries`` per stall; giving up follows the
+        # configured schedule's total silence, capped by max_silence.
+        require(snapshot.retries <= self.config.retries, "unbounded retries")
         if self.streamed:
             blksize = transfer.stats.blksize
             bound = self.expansion * (
-                (transfer._window + self.config.read_ahead + 1) * blksize + self.largest_chunk
+                (snapshot.window_cap + self.config.read_ahead + 1) * blksize + self.largest_chunk
             )
-            require(len(transfer._buffer) <= bound, f"buffer {len(transfer._buffer)} > bound {bound}")
+            require(snapshot.buffered <= bound, f"buffer {snapshot.buffered} > bound {bound}")
 
 
 # --- bytes in, a fuzzed scenario out ---------------------------------------------------------------
@@ -406,7 +408,7 @@ def step(reader: ByteReader, driver: CheckedTransfer) -> None:
         driver.tick(reader.byte() / 16)
     elif op == 7:
         driver.feed_wanted(extra=reader.byte() * 16)
-    elif op == 8 and driver.transfer._eof:
+    elif op == 8 and driver.transfer.snapshot().eof:
         driver.feed(reader.u16())  # illegal after eof: must raise LocalProtocolError, change nothing
     elif op in (8, 9):
         driver.advance(reader.byte() / 64)

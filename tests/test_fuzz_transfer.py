@@ -158,7 +158,7 @@ class TransferMachine(RuleBasedStateMachine):
     def feed_what_is_wanted(self, extra: int) -> None:
         self.driver.feed_wanted(extra)
 
-    @precondition(lambda self: self.driver.transfer._eof and not self.driver.ended)
+    @precondition(lambda self: self.driver.transfer.snapshot().eof and not self.driver.ended)
     @rule(length=st.integers(0, 100))
     def feed_after_eof_is_refused(self, length: int) -> None:
         self.driver.feed(length)
@@ -214,15 +214,16 @@ def test_a_completed_run_delivers_the_file() -> None:
 
 
 def test_an_ack_beyond_a_rewound_window_resends_nothing_it_acknowledged() -> None:
-    """A regression test (the stateful test found it): blocks 2..5 are in flight; the timer fires
+    """A regression test (the stateful test found it): blocks 3..6 are in flight; the timer fires
     (a spurious timeout: the ACKs were only late) and
-    resends from block 2; then the client's ACK 5 arrives.  Blocks 2..5 are acknowledged: the next
+    resends block 3; then the client's ACK 5 arrives.  Blocks 2..5 are acknowledged: the next
     DATA must be 6 onwards, never 4 or 5 again."""
     data = PATTERN[: 512 * 20]
     driver = CheckedTransfer(ReadRequest("f", "octet", {}), TransferConfig(anticipate=4), 512, data, False)
     driver.accept()
-    driver.ack(1)
-    assert driver.highest_sent == 5
+    driver.ack(1)  # the initial window: 2, 3
+    driver.ack(2)  # slow start: 4, 5, 6 (4 beyond the ACK: the cap)
+    assert driver.highest_sent == 6
     driver.fire_timer()
     sent_before = len(driver.sent)
     driver.ack(5)

@@ -7,9 +7,11 @@ Every test runs the real server process on loopback.  Figures (rates, factors, m
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
 import socket
+import sys
 import threading
 import time
 import urllib.request
@@ -26,6 +28,12 @@ from bench.loadgen import ClientTiming, LoadConfig, TransferSpec, run_load
 from edgetftp.protocol import Data, Error, ErrorCode, OptionAck, decode
 from edgetftp.protocol.codes import Opcode
 from edgetftp.protocol.packets import encode_ack, encode_error, encode_request
+from edgetftp.protocol.transfer import (
+    ANTICIPATION_MAX_BYTES,
+    INITIAL_WINDOW,
+    TransferConfig,
+    retransmission_schedule,
+)
 from tests.conftest import ContentTree, ServerProcess, free_tcp_port
 from tests.rawclient import RawClient
 from tests.s3support import S3Endpoint, s3_endpoint
@@ -229,6 +237,101 @@ def test_abandoned_sessions_expire_and_memory_returns(
     assert after_rounds[1] - baseline < 24 * MiB
 
 
+def netascii_text(size: int, seed: int) -> bytes:
+    """Text with bare LFs, CR LFs and bare CRs, so the netascii encoding expands it."""
+    rng = random.Random(seed)
+    lines = [b"x" * rng.randrange(0, 80) + rng.choice((b"\n", b"\r\n", b"\r")) for _ in range(4096)]
+    text = b"".join(lines)
+    return (text * (size // len(text) + 1))[:size]
+
+
+def unacknowledged_requests(
+    server: ServerProcess, name: str, count: int, options: dict[str, str]
+) -> list[socket.socket]:
+    """``count`` RRQs from their own sockets that never ACK (what a spoofer costs the server)."""
+    sockets = [udp_socket() for _ in range(count)]
+    for index, sock in enumerate(sockets):
+        sock.sendto(encode_request(Opcode.RRQ, name, "netascii", options), server.address)
+        if index % 100 == 99:
+            time.sleep(0.01)  # bursts the size of a socket buffer
+    return sockets
+
+
+def test_unacknowledged_netascii_sessions_cost_a_window_not_the_file(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Issue 12 item 1: 500 never-ACKed netascii RRQs for a 1 MiB file and 12 for a 48 MiB file.
+    Before the change each session encoded its own copy of the file (RSS +507 MiB and +581 MiB)."""
+    (tmp_path / "ipxe.txt").write_bytes(netascii_text(MiB, seed=1))
+    (tmp_path / "big.txt").write_bytes(netascii_text(48 * MiB, seed=2))
+    http_port = free_tcp_port()
+    server = start_server(
+        *("--max-sessions-per-client", "2000", "--http-listen", f"127.0.0.1:{http_port}"), str(tmp_path)
+    )
+    with RawClient(server.address) as client:  # both files resident, as after any first download
+        small = client.fetch("ipxe.txt", "netascii", blksize=1428).data
+        big = client.fetch("big.txt", "netascii", blksize=65464).data
+    assert small == (tmp_path / "ipxe.txt").read_bytes().replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+    assert len(big) > 48 * MiB
+    baseline = rss_bytes(server.proc.pid)
+    sockets = unacknowledged_requests(server, "ipxe.txt", 500, {"blksize": "1428"})
+    sockets += unacknowledged_requests(server, "big.txt", 12, {"blksize": "65464", "windowsize": "64"})
+    try:
+        assert wait_for(lambda: metric(http_port, "edgetftp_active_sessions") >= 500, 10)
+        started = time.perf_counter()
+        with RawClient(server.address, timeout=10.0) as client:  # another client is served meanwhile
+            assert client.fetch("ipxe.txt", "netascii", blksize=1428).data == small
+        other_client = time.perf_counter() - started
+        peak = rss_bytes(server.proc.pid)
+        for _ in range(5):
+            time.sleep(0.1)
+            peak = max(peak, rss_bytes(server.proc.pid))
+    finally:
+        for sock in sockets:
+            sock.close()
+    growth = peak - baseline
+    print(
+        f"512 never-ACKed netascii sessions (500 x 1 MiB, 12 x 48 MiB): RSS {baseline >> 20} -> "
+        f"{peak >> 20} MiB (+{growth >> 20} MiB); another client's 1 MiB netascii fetch: {other_client:.3f} s"
+    )
+    assert growth < 32 * MiB
+
+
+def test_a_client_timeout_of_255_s_cannot_hold_a_slot_beyond_max_silence(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Issue 12 item 2, end to end: RFC 2349 timeout=255 once held a slot for 255 x 6 = 1,530 s."""
+    (tmp_path / "a").write_bytes(bytes(64 * 1024))
+    http_port = free_tcp_port()
+    config = TransferConfig(timeout=0.2, max_timeout=0.4, max_silence=3.0)
+    server = start_server(
+        *("--timeout", str(config.timeout), "--max-timeout", str(config.max_timeout)),
+        *("--max-silence", str(config.max_silence), "--http-listen", f"127.0.0.1:{http_port}"),
+        str(tmp_path),
+    )
+    request = encode_request(Opcode.RRQ, "a", "octet", {"timeout": "255", "blksize": "1024"})
+    with udp_socket(timeout=5.0) as never_acks, udp_socket(timeout=5.0) as acks_once:
+        started = time.monotonic()
+        never_acks.sendto(request, server.address)
+        acks_once.sendto(request, server.address)
+        assert decode(never_acks.recv(70000)) == OptionAck({"timeout": "255", "blksize": "1024"})
+        _, reply_from = acks_once.recvfrom(70000)
+        acks_once.sendto(encode_ack(0), reply_from)
+        assert wait_for(lambda: metric(http_port, "edgetftp_active_sessions") == 2, 2)
+        unconfirmed = retransmission_schedule(config, client_timeout=255, confirmed=False).give_up
+        confirmed = retransmission_schedule(config, client_timeout=255).give_up
+        assert wait_for(lambda: metric(http_port, "edgetftp_active_sessions") <= 1, unconfirmed + 2)
+        first_gone = time.monotonic() - started
+        assert wait_for(lambda: metric(http_port, "edgetftp_active_sessions") == 0, confirmed + 2)
+        both_gone = time.monotonic() - started
+    print(
+        f"timeout=255 clients: never-ACKed session gone after {first_gone:.1f} s "
+        f"(schedule {unconfirmed:.1f} s), ACKed-once session after {both_gone:.1f} s "
+        f"(--max-silence {config.max_silence:.0f} s)"
+    )
+    assert both_gone < config.max_silence + 3  # never 255 s
+
+
 # --- reflection -----------------------------------------------------------------------------------
 
 
@@ -319,32 +422,215 @@ def test_spoofed_rrq_with_default_settings(start_server: StartServer, tmp_path: 
     assert worst.label.startswith("no options") and len(worst.replies[0]) == 516
 
 
-def test_blind_acks_drive_at_most_one_window_per_ack(start_server: StartServer, tmp_path: Path) -> None:
-    """TFTP has no secret: an attacker can also spoof the ACKs (block numbers are predictable).  What
-    one blind ACK can trigger is then bounded by the window: measured here, with an internet MTU."""
-    (tmp_path / "a").write_bytes(random.Random(3).randbytes(4 * MiB))
-    window, blksize = 64, 1468
-    server = start_server("--mtu", "1500", "--max-window", str(window), str(tmp_path))
-    with udp_socket() as attacker:
-        attacker.sendto(
-            encode_request(Opcode.RRQ, "a", "octet", {"blksize": "2000", "windowsize": "64"}), server.address
+@dataclass(frozen=True)
+class BlindAttack:
+    """A spoofed RRQ, then blind ACKs (block numbers guessed, never read from the replies)."""
+
+    label: str
+    request: bytes
+    acks: tuple[int, ...] = ()  # sent after the first reply, ``ack_interval`` apart
+    ack_interval: float = 0.02
+
+
+@dataclass
+class AttackResult:
+    bytes_in: int  # the attacker's UDP payload
+    replies: list[bytes]
+    duration: float  # from the request to the last reply
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(map(len, self.replies))
+
+    @property
+    def factor(self) -> float:
+        return self.bytes_out / self.bytes_in
+
+    def line(self, label: str) -> str:
+        return (
+            f"{label}: {self.bytes_in} B in -> {len(self.replies)} datagrams, {self.bytes_out} B out "
+            f"(factor {self.factor:.0f}) over {self.duration:.1f} s"
         )
-        oack = decode(attacker.recv(70000))
-        assert oack == OptionAck({"blksize": str(blksize), "windowsize": str(window)})
-        acks = 10
-        for index in range(acks):
-            attacker.sendto(encode_ack(index * window), server.address)  # never reads what comes back
-            time.sleep(0.01)
-        received = drain(attacker, 0.5)
-    per_ack = sum(map(len, received)) / acks
-    retries = 5  # when the ACKs stop, the last window is also retransmitted on timeout
-    assert len(received) <= (acks + retries) * window
-    assert per_ack <= (acks + retries) / acks * window * (blksize + 4)
-    print(
-        f"blind ACKs: {per_ack / 4:.0f}x per 4-byte ACK (payload), "
-        f"{(per_ack + UDP_IP_HEADERS * len(received) / acks) / (4 + UDP_IP_HEADERS):.0f}x on the wire "
-        f"(window {window}, blksize {blksize})"
+
+
+def run_blind_attack(address: tuple[str, int], attack: BlindAttack, listen_after: float) -> AttackResult:
+    """Send the attack and listen until ``listen_after`` seconds after the last ACK: past the server's
+    whole give-up time, so the session has ended (not merely until the first gap in its backoff).
+    The ACKs go to the port the first reply came from (tftpd-hpa replies from a new port: this gives
+    it the benefit of an attacker who guessed it)."""
+    with udp_socket() as sock:
+        started = time.monotonic()
+        sock.sendto(attack.request, address)
+        sock.settimeout(5.0)
+        first, reply_from = sock.recvfrom(70000)
+        replies, last_reply = [first], time.monotonic()
+        pending = list(attack.acks)
+        next_ack = time.monotonic() + attack.ack_interval
+        end = next_ack + attack.ack_interval * len(pending) + listen_after
+        while (now := time.monotonic()) < end:
+            if pending and now >= next_ack:
+                sock.sendto(encode_ack(pending.pop(0) & 0xFFFF), reply_from)
+                next_ack += attack.ack_interval
+                continue
+            sock.settimeout(max(0.001, min(end, next_ack if pending else end) - now))
+            try:
+                replies.append(sock.recv(70000))
+                last_reply = time.monotonic()
+            except TimeoutError:
+                pass
+    return AttackResult(len(attack.request) + 4 * len(attack.acks), replies, last_reply - started)
+
+
+def blind_attacks(blind_ack_window: int, sequence: int) -> list[BlindAttack]:
+    """(a) a spoofed RRQ alone, (b) RRQ + one blind ACK, (c) RRQ + a blind ACK sequence."""
+    plain = encode_request(Opcode.RRQ, "a", "octet")
+    jumbo = encode_request(Opcode.RRQ, "a", "octet", {"blksize": "65464"})
+    windowed = encode_request(Opcode.RRQ, "a", "octet", {"blksize": "1468", "windowsize": "64"})
+    return [
+        BlindAttack("(a) RRQ, no options", plain),
+        BlindAttack("(a) RRQ blksize 65464", jumbo),
+        BlindAttack("(b) RRQ + ACK 1, no options", plain, (1,)),
+        BlindAttack("(b) RRQ blksize 65464 + ACK 0", jumbo, (0,)),
+        BlindAttack("(b) RRQ blksize 1468 windowsize 64 + ACK 0", windowed, (0,)),
+        BlindAttack(
+            f"(c) RRQ blksize 1468 + {sequence} ACKs 1, 2, 3...",
+            encode_request(Opcode.RRQ, "a", "octet", {"blksize": "1468"}),
+            tuple(range(sequence)),
+        ),
+        BlindAttack(
+            f"(c) RRQ blksize 1468 windowsize 64 + {sequence} ACKs 0, 64, 128...",
+            windowed,
+            tuple(index * blind_ack_window for index in range(sequence)),
+        ),
+    ]
+
+
+FAST_SCHEDULE = TransferConfig(timeout=0.1, max_timeout=0.2)  # the server runs with these two
+
+
+def test_a_blind_ack_draws_a_bounded_reply_computed_from_the_schedule(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """(b): what one blind ACK draws, bounded by the server's own schedule, listening until the end."""
+    (tmp_path / "a").write_bytes(random.Random(3).randbytes(4 * MiB))
+    config = FAST_SCHEDULE
+    server = start_server(
+        *("--timeout", str(config.timeout), "--max-timeout", str(config.max_timeout)), str(tmp_path)
     )
+    unproven = retransmission_schedule(config, proven=False)
+    resends = len(unproven.resends)
+    lockstep_blocks = 1 + INITIAL_WINDOW + resends  # DATA 1 (or an OACK), the initial window, resends
+    jumbo_window = max(1, ANTICIPATION_MAX_BYTES // 65464)
+    windowed = min(64, config.max_window_bytes // 1468)
+    bounds = {  # datagrams, largest payload
+        "(b) RRQ + ACK 1, no options": (lockstep_blocks, 516),
+        "(b) RRQ blksize 65464 + ACK 0": (1 + min(INITIAL_WINDOW, jumbo_window) + resends, 65468),
+        "(b) RRQ blksize 1468 windowsize 64 + ACK 0": (1 + windowed + resends, 1472),
+    }
+    for attack in blind_attacks(64, 1):
+        if attack.label not in bounds:
+            continue
+        result = run_blind_attack(server.address, attack, listen_after=unproven.give_up + 0.5)
+        datagrams, largest = bounds[attack.label]
+        print(result.line(attack.label) + f"; bound {datagrams} datagrams")
+        assert len(result.replies) <= datagrams
+        assert result.bytes_out <= datagrams * largest
+        assert all(len(reply) <= largest for reply in result.replies)
+
+
+def test_a_blind_ack_sequence_is_bounded_by_the_address_budget(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """(c): a blind ACK sequence drives the transfer, but never past the per-address byte budget."""
+    (tmp_path / "a").write_bytes(random.Random(4).randbytes(16 * MiB))
+    rate, config = MiB, FAST_SCHEDULE
+    server = start_server(
+        *("--timeout", str(config.timeout), "--max-timeout", str(config.max_timeout)),
+        *("--client-rate", str(rate)),
+        str(tmp_path),
+    )
+    attack = blind_attacks(64, 150)[-1]  # 150 ACKs 20 ms apart: a window each, 4.7 MB/s asked for
+    give_up = retransmission_schedule(config).give_up
+    result = run_blind_attack(server.address, attack, listen_after=give_up + 0.5)
+    bound = rate * 1.0 + rate * result.duration  # the one-second burst, then the rate
+    print(result.line(attack.label) + f"; budget bound {bound / MiB:.2f} MiB")
+    assert result.bytes_out <= bound
+    assert result.bytes_out > 64 * 1468  # it did drive the transfer (the bound is not vacuous)
+
+
+# --- side by side with tftpd-hpa (python -m tests.test_hardening) --------------------------------------
+
+
+def wait_serving(address: tuple[str, int], timeout: float = 20.0) -> None:
+    """Until the server answers an RRQ (a real TFTP answer, not a log line)."""
+    deadline = time.monotonic() + timeout
+    with udp_socket(timeout=0.2) as probe:
+        while time.monotonic() < deadline:
+            probe.sendto(encode_request(Opcode.RRQ, "missing", "octet"), address)
+            try:
+                probe.recv(70000)
+                return
+            except TimeoutError:
+                continue
+    raise RuntimeError(f"no TFTP answer from {address}")
+
+
+def measure_reflection(sequence: int = 150, with_tftpd_hpa: bool = True, with_edgetftp: bool = True) -> None:
+    """Print (a), (b), (c) with every setting at its default (edgetftp, fly.toml's settings and tftpd-hpa)."""
+    import os
+    import subprocess
+    import tempfile
+
+    from bench.peers import TFTPD_HPA
+    from tests.serverproc import free_port as free_udp_port
+
+    # fly.toml's [env]; FLY_ARGS and SERVER_PYTHONPATH let the same run measure an older build
+    fly = tuple(os.environ.get("FLY_ARGS", "--mtu 1300 --client-rate 12500000 --max-window 64").split())
+    server_env = {
+        **os.environ,
+        "PYTHONPATH": os.environ.get("SERVER_PYTHONPATH", os.environ.get("PYTHONPATH", "")),
+    }
+    with tempfile.TemporaryDirectory(prefix="core-reflection-") as root:
+        Path(root, "a").write_bytes(random.Random(5).randbytes(16 * MiB))
+        Path(root).chmod(0o755)  # tftpd-hpa reads as nobody
+        Path(root, "a").chmod(0o644)
+        servers: list[tuple[str, list[str], float]] = []
+        edgetftp = [sys.executable, "-m", "edgetftp", "--drain-timeout", "0"]
+        servers.append(("edgetftp defaults", edgetftp, retransmission_schedule(TransferConfig()).give_up))
+        servers.append(
+            ("edgetftp fly.toml", [*edgetftp, *fly], retransmission_schedule(TransferConfig()).give_up)
+        )
+        if not with_edgetftp:
+            servers.clear()
+        if with_tftpd_hpa and os.access(TFTPD_HPA, os.X_OK):
+            servers.append(("tftpd-hpa 5.2", [TFTPD_HPA, "--foreground", "--secure"], 35.0))
+        for name, command, listen_after in servers:
+            port = free_udp_port()
+            if name.startswith("tftpd"):
+                argv = [*command[:2], "--listen", "--address", f"127.0.0.1:{port}", *command[2:], root]
+            else:
+                argv = [*command, "--listen", f"127.0.0.1:{port}", root]
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env
+            )
+            try:
+                wait_serving(("127.0.0.1", port))
+                attacks = blind_attacks(64, sequence)
+                address = ("127.0.0.1", port)
+                attack_with = functools.partial(run_blind_attack, address, listen_after=listen_after)
+                with ThreadPoolExecutor(len(attacks) - 2) as pool:  # (a) and (b) together
+                    results = list(pool.map(attack_with, attacks[:-2]))
+                results += [
+                    attack_with(attack) for attack in attacks[-2:]
+                ]  # (c) alone: one budget per address
+                for attack, result in zip(attacks, results, strict=True):
+                    print(
+                        f"| {name} | {attack.label} | {result.bytes_in} | {len(result.replies)} | "
+                        f"{result.bytes_out:,} | {result.factor:,.0f} | {result.duration:.1f} |"
+                    )
+            finally:
+                proc.terminate()
+                proc.wait()
 
 
 # --- S3: a flood of misses -------------------------------------------------------------------------
@@ -502,3 +788,9 @@ def test_impaired_transfers_from_s3(endpoint: S3Endpoint, tmp_path: Path, port_m
     finally:
         server.stop()
     assert endpoint.proxy.count("GET", f"/{bucket}/boot/large.bin") >= 1
+
+
+if __name__ == "__main__":
+    measure_reflection(
+        with_tftpd_hpa="--no-tftpd-hpa" not in sys.argv, with_edgetftp="--only-tftpd-hpa" not in sys.argv
+    )

@@ -40,6 +40,7 @@ def server_config(settings: Settings) -> ServerConfig:
             retries=settings.retries,
             max_window=settings.max_window,
             anticipate=settings.anticipate,
+            max_silence=settings.max_silence,
         ),
         max_sessions=settings.max_sessions,
         max_sessions_per_client=settings.max_sessions_per_client,

@@ -133,10 +133,13 @@ class Settings(BaseModel):
         json_schema_extra=_meta("BLOCKS"),
     )
     anticipate: int = Field(
-        16,
+        64,
         ge=0,
-        le=64,
-        description="blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step)",
+        le=1024,
+        description=(
+            "most blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step); "
+            "the window starts at 2 blocks and triples per clean round trip up to it"
+        ),
         json_schema_extra=_meta("BLOCKS"),
     )
 
@@ -167,6 +170,16 @@ class Settings(BaseModel):
         description="retransmissions of one packet before giving up",
         json_schema_extra=_meta("N"),
     )
+    max_silence: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description=(
+            "seconds of client silence before a transfer is given up, whatever timeout the client "
+            "negotiated (a client that never ACKed gets at most the server's own retry schedule)"
+        ),
+        json_schema_extra=_meta("SECONDS"),
+    )
 
     # --- limits and policy ---
     max_sessions: int = Field(
@@ -180,9 +193,12 @@ class Settings(BaseModel):
         json_schema_extra=_meta("N"),
     )
     client_rate: int = Field(
-        0,
+        12_500_000,
         ge=0,
-        description="bytes per second sent to one client address, at most (0 = no limit)",
+        description=(
+            "bytes per second sent to one client (address, or IPv6 prefix), at most, with a burst of one "
+            "second's worth (bounds blind-ACK reflection; 0 = no limit)"
+        ),
         json_schema_extra=_meta("BYTES/S"),
     )
     client_ipv6_prefix: int = Field(
@@ -190,6 +206,7 @@ class Settings(BaseModel):
         ge=1,
         le=128,
         description="IPv6 clients share the per-client limits (sessions, rate) per prefix of this length",
+        json_schema_extra=_meta("BITS"),
     )
     allow_extensions: str = Field(
         "",

@@ -73,3 +73,12 @@ def test_granted_values_are_always_valid(requested: dict[str, str]) -> None:
 def test_non_ascii_digits_are_ignored_not_fatal(odd: str) -> None:
     """str.isdigit() says yes to these, int() does not: found by the property test above."""
     assert negotiate({"blksize": odd, "windowsize": odd, "timeout": odd}, "octet", 1, LIMITS).oack == {}
+
+
+def test_windowsize_is_capped_by_the_window_bytes() -> None:
+    """One ACK may draw at most max_window_bytes: a big blksize gets a small window."""
+    limits = Limits(max_blksize=65464, max_window=64, max_window_bytes=128 * 1024)
+    big = negotiate({"blksize": "65464", "windowsize": "64"}, "octet", 10, limits)
+    internet = negotiate({"blksize": "1468", "windowsize": "64"}, "octet", 10, limits)
+    assert (big.blksize, big.windowsize) == (65464, 2)
+    assert (internet.blksize, internet.windowsize) == (1468, 64)

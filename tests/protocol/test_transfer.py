@@ -21,11 +21,13 @@ from edgetftp.protocol import (
     TransferConfig,
     decode,
 )
+from edgetftp.protocol.budget import SendBudget
 from edgetftp.protocol.packets import encode_ack, encode_error
+from edgetftp.protocol.transfer import UNPROVEN_RESENDS, retransmission_schedule
 
 pytestmark = pytest.mark.unit
 
-CONFIG = TransferConfig(timeout=1.0, max_timeout=4.0, retries=5)
+CONFIG = TransferConfig(timeout=1.0, max_timeout=4.0, retries=5, anticipate=0)  # lock-step unless a test says
 
 
 def make(
@@ -90,8 +92,9 @@ def test_timeout_retransmits_with_backoff_then_gives_up() -> None:
     transfer = make(b"d" * 2000)
     sent(transfer)
     assert ack(transfer, 1, 1.0) == [Data(2, b"d" * 512)]  # a 1 s round trip: the timeout stays 1 s
-    assert transfer.get_timer() == 2.0
-    transfer.handle_timer(1.5)  # early wake-up: nothing happens
+    assert ack(transfer, 2, 2.0) == [Data(3, b"d" * 512)]  # a second ACK: resends up to ``retries``
+    assert transfer.get_timer() == 3.0
+    transfer.handle_timer(2.5)  # early wake-up: nothing happens
     assert sent(transfer) == []
     deadlines = []
     for _ in range(5):
@@ -99,8 +102,8 @@ def test_timeout_retransmits_with_backoff_then_gives_up() -> None:
         assert now is not None
         deadlines.append(now)
         transfer.handle_timer(now)
-        assert sent(transfer) == [Data(2, b"d" * 512)]
-    assert deadlines == [2.0, 4.0, 8.0, 12.0, 16.0]  # 1 s, then doubling, capped at 4 s
+        assert sent(transfer) == [Data(3, b"d" * 512)]
+    assert deadlines == [3.0, 5.0, 9.0, 13.0, 17.0]  # 1 s, then doubling, capped at 4 s
     now = transfer.get_timer()
     assert now is not None
     transfer.handle_timer(now)
@@ -213,13 +216,15 @@ def test_anticipation_sends_ahead_only_after_the_client_answered() -> None:
         assert sent(transfer) == []
     transfer = make(b"i" * 512 * 20, config=TransferConfig(anticipate=8))
     sent(transfer)
-    assert [p.block for p in ack(transfer, 1)] == list(range(2, 10))  # type: ignore[attr-defined]
-    assert [p.block for p in ack(transfer, 2)] == [10]  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 1)] == [2, 3]  # type: ignore[attr-defined]  # the initial window
+    assert [p.block for p in ack(transfer, 2)] == [4, 5, 6]  # type: ignore[attr-defined]  # slow start: +2 per ACK
     assert ack(transfer, 2) == []  # duplicates still send nothing
+    assert [p.block for p in ack(transfer, 3)] == [7, 8, 9]  # type: ignore[attr-defined]
+    assert transfer.snapshot().window == 6
 
 
 def test_streamed_feed_keeps_memory_bounded() -> None:
-    config = TransferConfig(read_ahead=4)
+    config = TransferConfig(read_ahead=4, anticipate=0)  # lock-step: a window of 1
     transfer = ReadTransfer(ReadRequest("f", "octet", {"blksize": "512"}), config, 1468, 0.0)
     transfer.accept(512 * 100, 0.0)
     sent(transfer)  # the OACK
@@ -234,7 +239,7 @@ def test_streamed_feed_keeps_memory_bounded() -> None:
             fed += len(chunk)
             transfer.feed(chunk, fed >= len(data), 0.0)
             packets += sent(transfer)
-        assert len(transfer._buffer) <= (1 + 4 + 1) * 512 * 2  # window + read-ahead, never the file
+        assert transfer.snapshot().buffered <= (1 + 4 + 1) * 512 * 2  # window + read-ahead, never the file
         if not packets:
             break
         packet = packets.pop(0)
@@ -322,7 +327,7 @@ def test_lossy_client_gets_the_exact_file(
     options = {"blksize": str(blksize)}
     if window > 1:
         options["windowsize"] = str(window)
-    config = TransferConfig(retries=40, anticipate=anticipate)
+    config = TransferConfig(retries=40, anticipate=anticipate, max_silence=3600)  # very lossy: patience
     transfer = make(data, options, config)
     got = simulate(transfer, rng, loss, duplicate, window)
     event = transfer.next_event()
@@ -355,22 +360,27 @@ def test_slow_paths_keep_the_configured_timeout_as_ceiling() -> None:
     assert transfer.get_timer() == pytest.approx(4.0)
 
 
-def test_anticipation_halves_on_timeout_and_grows_back_on_clean_windows() -> None:
-    transfer = make(b"m" * 512 * 200, config=TransferConfig(anticipate=8))
+def test_anticipation_resends_half_the_window_on_timeout_then_grows_by_one() -> None:
+    transfer = make(b"m" * 512 * 300, config=TransferConfig(anticipate=8))
     sent(transfer)
-    assert len(ack(transfer, 1)) == 8  # blocks 2..9 in flight
+    now, block = 0.0, 1
+    while transfer.snapshot().window < 8:  # slow start: 2, then +2 per block acknowledged
+        now += 0.01
+        ack(transfer, block, now)
+        block += 1
+    assert block <= 8
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)
-    assert [p.block for p in sent(transfer)] == [2, 3, 4, 5]  # type: ignore[attr-defined]  # halved
-    now = deadline
-    block, widths = 1, []
-    while block < 60:
-        block += 1
+    assert [p.block for p in sent(transfer)] == list(range(block, block + 4))  # type: ignore[attr-defined]  # halved
+    now, widths = deadline, []
+    while block < 80:
         now += 0.01
         ack(transfer, block, now)
-        widths.append(transfer._cwnd)
-    assert widths[0] == 4 and widths[-1] == 8 and widths == sorted(widths)  # +1 per clean window
+        widths.append(transfer.snapshot().window)
+        block += 1
+    assert widths[0] == 4  # half the window that failed, then +1 per clean window
+    assert widths[-1] == 8 and widths == sorted(widths)  # then +1 per clean window
 
 
 def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
@@ -404,20 +414,22 @@ def test_negotiated_windows_are_always_sent_whole() -> None:
     transfer = make(b"n" * 512 * 40, {"windowsize": "8"})
     sent(transfer)
     ack(transfer, 0)
+    assert [p.block for p in ack(transfer, 8, 0.1)] == list(range(9, 17))  # type: ignore[attr-defined]
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)
-    assert [p.block for p in sent(transfer)] == list(range(1, 9))  # type: ignore[attr-defined]
+    assert [p.block for p in sent(transfer)] == list(range(9, 17))  # type: ignore[attr-defined]
 
 
 def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
     transfer = make(b"p" * 512 * 20, config=TransferConfig(anticipate=4))
     sent(transfer)
-    assert [p.block for p in ack(transfer, 1, 0.0)] == [2, 3, 4, 5]  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 1, 0.0)] == [2, 3]  # type: ignore[attr-defined]
+    assert [p.block for p in ack(transfer, 2, 0.0)] == [4, 5, 6]  # type: ignore[attr-defined]  # 4 ahead
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)  # spurious: the ACKs were only late
-    assert [p.block for p in sent(transfer)] == [2, 3]  # type: ignore[attr-defined]
+    assert [p.block for p in sent(transfer)] == [3, 4]  # type: ignore[attr-defined]  # the halved window
     blocks = [p.block for p in ack(transfer, 5, deadline + 0.01)]  # type: ignore[attr-defined]
     assert blocks and min(blocks) == 6
 
@@ -431,7 +443,7 @@ def test_a_client_that_goes_back_to_the_oack_is_served_from_block_1_again() -> N
     ack(transfer, 1)
     ack(transfer, 2)
     assert [p.block for p in ack(transfer, 0, 0.1)] == [1, 2, 3, 4]  # type: ignore[attr-defined]
-    received = {}
+    received: dict[int, bytes] = {}
     expected, packets = 1, list[object]()
     while not transfer.ended:
         packets = packets or sent(transfer)
@@ -463,4 +475,234 @@ def test_fast_retransmissions_do_not_shorten_the_time_before_giving_up() -> None
     event = transfer.next_event()
     assert event is not None and event.outcome is Outcome.TIMED_OUT
     assert final - last_progress >= 1 + 2 + 4 + 4 + 4 + 4  # the configured schedule's silence
-    assert resends > CONFIG.retries  # retransmitted the whole time, from 0.2 s on
+    assert resends == CONFIG.retries  # one block per resend, ``retries`` times, then silence
+
+
+# --- issue 12: what an unacknowledged session may cost, and files that change ----------------------
+
+
+def drive_to_end(transfer: ReadTransfer, client_acks: bool = True) -> list[Data]:
+    """A lock-step client on a clean path: every DATA acknowledged in order."""
+    received: list[Data] = []
+    packets = sent(transfer)
+    while not transfer.ended and packets:
+        packet = packets.pop(0)
+        if isinstance(packet, OptionAck):
+            packets += ack(transfer, 0)
+        elif isinstance(packet, Data) and packet.block == (len(received) + 1) & 0xFFFF:
+            received.append(packet)
+            packets += ack(transfer, packet.block)
+    return received
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=3000).map(lambda b: bytes(b"ab\r\n"[x % 4] for x in b)),
+    blksize=st.integers(8, 40),
+    streamed=st.booleans(),
+    chunk=st.integers(1, 200),
+)
+def test_netascii_blocks_equal_the_whole_encoding_cut_in_blocks(
+    data: bytes, blksize: int, streamed: bool, chunk: int
+) -> None:
+    """Blocks are encoded one at a time, resident or streamed in any chunking, byte-identical."""
+    config = TransferConfig(anticipate=4, read_ahead=1)
+    transfer = ReadTransfer(ReadRequest("f", "netascii", {"blksize": str(blksize)}), config, 1468, 0.0)
+    transfer.accept(len(data), 0.0)
+    fed = 0
+    if not streamed:
+        transfer.feed(data, True, 0.0)
+        fed = len(data)
+    received: list[bytes] = []
+    packets = sent(transfer)
+    for _ in range(100_000):
+        if transfer.ended:
+            break
+        if streamed and transfer.bytes_wanted() > 0:
+            piece = data[fed : fed + chunk]
+            fed += len(piece)
+            transfer.feed(piece, fed >= len(data), 0.0)
+            packets += sent(transfer)
+            continue
+        packet = packets.pop(0)
+        if isinstance(packet, OptionAck):
+            packets += ack(transfer, 0)
+        elif isinstance(packet, Data) and packet.block == len(received) + 1:
+            received.append(packet.payload)
+            packets += ack(transfer, packet.block)
+    expected = data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+    assert b"".join(received) == expected
+    assert len(received) == len(expected) // blksize + 1
+    assert all(len(block) == blksize for block in received[:-1])
+
+
+def test_netascii_retransmits_from_any_unacknowledged_block() -> None:
+    data = b"\r\n\n\r" * 700  # every block boundary falls inside or between CR pairs
+    transfer = make(data, {"blksize": "7"}, config=TransferConfig(anticipate=8), mode="netascii")
+    sent(transfer)
+    first = {p.block: p.payload for p in ack(transfer, 0) if isinstance(p, Data)}
+    first.update({p.block: p.payload for p in ack(transfer, 1) if isinstance(p, Data)})
+    deadline = transfer.get_timer()
+    assert deadline is not None
+    transfer.handle_timer(deadline)
+    again = [p for p in sent(transfer) if isinstance(p, Data)]
+    assert [p.block for p in again] == [2] and again[0].payload == first[2]
+    rest = {p.block: p.payload for p in ack(transfer, 2, deadline) if isinstance(p, Data)}
+    assert rest and all(first[block] == payload for block, payload in rest.items() if block in first)
+
+
+def test_a_resident_netascii_file_is_never_copied_before_the_first_ack() -> None:
+    """A spoofed netascii RRQ for a large file holds a view of the shared copy and one block's encoding."""
+    data = b"line\n" * (2**20 // 5)
+    transfer = make(data, {"blksize": "1400", "tsize": "0"}, mode="netascii")
+    snapshot = transfer.snapshot()
+    assert snapshot.buffered == len(data) and snapshot.highest_sent == 0  # the view, no encoded copy
+    assert sent(transfer) == [OptionAck({"blksize": "1400"})]  # tsize is not offered in netascii
+    transfer.handle_timer(1.0)
+    assert sent(transfer) == []  # nothing is resent before the first ACK
+    assert transfer.snapshot().highest_sent == 0
+
+
+def test_a_file_that_grows_while_served_ends_with_file_changed() -> None:
+    transfer = ReadTransfer(ReadRequest("f", "octet", {}), CONFIG, 1468, 0.0)
+    transfer.accept(1000, 0.0)
+    transfer.feed(b"x" * 600, False, 0.0)
+    transfer.feed(b"y" * 600, False, 0.0)
+    packets = sent(transfer)
+    assert packets[-1] == Error(ErrorCode.NOT_DEFINED, "File changed")
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.SOURCE_ERROR
+    assert "grew beyond 1000 bytes" in event.reason
+
+
+def test_a_file_that_shrinks_while_served_ends_with_file_changed() -> None:
+    transfer = ReadTransfer(ReadRequest("f", "octet", {}), CONFIG, 1468, 0.0)
+    transfer.accept(4096, 0.0)
+    transfer.feed(b"x" * 2048, True, 0.0)  # a short read taken for the end of the file
+    assert Error(ErrorCode.NOT_DEFINED, "File changed") in sent(transfer)
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.SOURCE_ERROR
+    assert "ended at 2048 of 4096 bytes" in event.reason
+    assert not any(isinstance(p, Data) and len(p.payload) < 512 for p in sent(transfer))
+
+
+def test_a_file_of_unknown_size_is_not_checked() -> None:
+    transfer = ReadTransfer(ReadRequest("f", "octet", {}), CONFIG, 1468, 0.0)
+    transfer.accept(None, 0.0)
+    transfer.feed(b"z" * 700, True, 0.0)
+    assert b"".join(p.payload for p in drive_to_end(transfer)) == b"z" * 700
+
+
+def run_silent(transfer: ReadTransfer) -> float:
+    """Fire the timer until the transfer gives up; returns when it did."""
+    end = 0.0
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        sent(transfer)
+        end = deadline
+    return end
+
+
+def test_a_client_timeout_of_255_s_cannot_hold_a_session_beyond_max_silence() -> None:
+    """RFC 2349 timeout=255 sets the retransmission interval, never the silence tolerated."""
+    config = TransferConfig()
+    transfer = make(b"t" * 5000, {"timeout": "255"}, config=config)
+    assert sent(transfer) == [OptionAck({"timeout": "255"})]
+    never_acked = run_silent(transfer)
+    assert never_acked <= retransmission_schedule(config, confirmed=False).give_up <= 19.0
+    transfer = make(b"t" * 5000, {"timeout": "255"}, config=config)
+    sent(transfer)
+    ack(transfer, 0, 1.0)
+    gave_up = run_silent(transfer)
+    assert gave_up - 1.0 == pytest.approx(config.max_silence)  # 30 s, not 255 x 6 = 1,530 s
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.TIMED_OUT
+
+
+@pytest.mark.parametrize("acks", [1, 2])
+def test_the_schedule_function_is_what_the_transfer_does(acks: int) -> None:
+    """One ACK (maybe blind) earns UNPROVEN_RESENDS resends per stall; a second one ``retries``."""
+    config = TransferConfig(anticipate=0)
+    transfer = make(b"s" * 5000, config=config)
+    sent(transfer)
+    for block in range(1, acks + 1):
+        ack(transfer, block, 0.5 * block)
+    last_ack = 0.5 * acks
+    times, end = [], 0.0
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        if sent(transfer):
+            times.append(deadline - last_ack)
+        end = deadline
+    # 0.5 s samples: RTO 0.5 + 4 x 0.25, capped at the configured 1 s
+    schedule = retransmission_schedule(config, proven=acks > 1)
+    assert tuple(times) == pytest.approx(schedule.resends)
+    assert end - last_ack == pytest.approx(schedule.give_up)
+    assert len(schedule.resends) == (config.retries if acks > 1 else UNPROVEN_RESENDS)
+
+
+def test_a_duplicate_ack_after_the_resends_are_used_up_brings_one_block() -> None:
+    """A real client whose DATA and our one resend were both lost re-ACKs on its own timeout."""
+    transfer = make(b"u" * 5000, config=TransferConfig(anticipate=0))
+    sent(transfer)
+    ack(transfer, 1, 0.1)
+    while (deadline := transfer.get_timer()) is not None and deadline < 5.0:
+        transfer.handle_timer(deadline)
+        sent(transfer)
+    assert [p.block for p in ack(transfer, 1, 5.0)] == [2]  # type: ignore[attr-defined]
+    assert ack(transfer, 1, 5.01) == []  # the network's duplicate of it: nothing
+
+
+def test_a_blind_ack_to_a_window_costs_one_window_and_bounded_single_block_resends() -> None:
+    """RRQ with windowsize 64 + one blind ACK 0: the window, then single-block resends."""
+    config = TransferConfig()
+    transfer = make(bytes(1468 * 200), {"blksize": "1468", "windowsize": "64"}, config=config)
+    sent(transfer)
+    packets = ack(transfer, 0, 0.0)
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        packets += sent(transfer)
+    resends = len(retransmission_schedule(config, proven=False).resends)
+    assert len(packets) == 64 + resends  # single blocks: a real receiver re-ACKs on its own timeout
+
+
+def test_the_send_budget_delays_what_it_refuses_and_never_counts_it() -> None:
+    budget = SendBudget(bytes_per_second=10 * 516, burst_bytes=4 * 516, now=0.0)
+    config = TransferConfig(anticipate=16)
+    transfer = ReadTransfer(ReadRequest("f", "octet", {}), config, 1468, 0.0, budget)
+    transfer.accept(512 * 40, 0.0)
+    transfer.feed(bytes(512 * 40), True, 0.0)
+    assert len(sent(transfer)) == 1  # DATA 1
+    first = ack(transfer, 1, 0.0)  # the initial window of 2 blocks: affordable
+    second = ack(transfer, 2, 0.0)  # 3 more wanted, 1 affordable
+    assert len(first) == 2 and len(second) == 1
+    assert transfer.stats.datagrams_sent == 4  # what was refused was not counted
+    deadline = transfer.get_timer()
+    assert deadline is not None and deadline == pytest.approx(0.1)  # when the budget has 516 bytes again
+    transfer.handle_timer(deadline)
+    assert len(sent(transfer)) == 1
+    assert transfer.snapshot().retries == 0  # waiting for the budget is not a retransmission
+    assert transfer.stats.budget_waits == 2  # once before the timer, once after its one datagram
+
+
+def test_an_rfc7440_receiver_that_lost_the_first_window_gets_it_again_by_re_acking() -> None:
+    """Before a second ACK our timer resends one block; the receiver's timeout re-ACK brings the window."""
+    transfer = make(b"w" * 512 * 40, {"windowsize": "8"})
+    sent(transfer)
+    assert len(ack(transfer, 0, 0.0)) == 8  # all lost
+    deadline = transfer.get_timer()
+    assert deadline is not None
+    transfer.handle_timer(deadline)
+    assert [p.block for p in sent(transfer)] == [1]  # type: ignore[attr-defined]  # lost too
+    assert [p.block for p in ack(transfer, 0, deadline + 2.0)] == list(range(1, 9))  # type: ignore[attr-defined]
+
+
+def test_acks_sooner_than_the_round_trip_allows_neither_grow_nor_prove() -> None:
+    """Blind ACKs sent back to back cannot have waited for the data: the window stays at 2."""
+    transfer = make(b"v" * 512 * 50, config=TransferConfig(anticipate=16))
+    sent(transfer)
+    ack(transfer, 1, 0.1)  # a 100 ms round trip for DATA 1
+    assert [p.block for p in ack(transfer, 2, 0.1001)] == [4]  # type: ignore[attr-defined]  # no growth
+    assert transfer.snapshot().window == 2
+    assert [p.block for p in ack(transfer, 3, 0.2)] == [5, 6, 7]  # type: ignore[attr-defined]  # plausible
+    assert transfer.snapshot().window == 4

@@ -33,10 +33,15 @@ class SendBudget:
             self._when = now
 
     def take(self, size: int, now: float) -> bool:
-        self._refill(now)
-        if self._tokens < size:
+        # On the per-datagram path: the refill is inlined.
+        tokens = self._tokens
+        if now > self._when:
+            tokens = min(self._burst, tokens + (now - self._when) * self._rate)
+            self._when = now
+        if tokens < size:
+            self._tokens = tokens
             return False
-        self._tokens -= size
+        self._tokens = tokens - size
         return True
 
     def ready_at(self, size: int, now: float) -> float:

@@ -30,6 +30,7 @@ class TransferStats:
     datagrams_sent: int = 0
     retransmits: int = 0  # datagrams sent again after a timeout
     duplicate_acks: int = 0
+    budget_waits: int = 0  # times the client address's send budget made the transfer wait
     final_ack_missing: bool = False
 
     @property

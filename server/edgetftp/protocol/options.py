@@ -22,6 +22,7 @@ class Limits:
 
     max_blksize: int  # already clamped to the path MTU by the transport
     max_window: int
+    max_window_bytes: int | None = None  # windowsize x blksize at most (bounds what one ACK can draw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,10 @@ def negotiate(requested: Mapping[str, str], mode: str, size: int | None, limits:
     # tsize counts octets; in netascii the size on the wire differs, so (like tftp-hpa and dnsmasq) omit it.
     if "tsize" in requested and mode == "octet" and size is not None:
         oack["tsize"] = str(size)
-    windowsize = _windowsize(requested.get("windowsize"), limits.max_window)
+    window_cap = limits.max_window
+    if limits.max_window_bytes is not None:
+        window_cap = min(window_cap, max(1, limits.max_window_bytes // (blksize or DEFAULT_BLKSIZE)))
+    windowsize = _windowsize(requested.get("windowsize"), window_cap)
     if windowsize is not None:
         oack["windowsize"] = str(windowsize)
     return Negotiated(

@@ -7,7 +7,10 @@ Rules of this file:
    ``get_timer()`` and pops ``next_event()`` until it returns None.
 3. The driver resolves the file, then calls ``accept(size)`` or ``reject(code, message)``; it
    supplies the bytes with ``feed(data, eof)`` whenever ``bytes_wanted()`` is positive (a resident
-   file is fed whole, once, and sliced without copying).
+   file is fed whole, once, and sliced without copying -- in netascii too: blocks are encoded one
+   at a time when sent, so a session never holds more than its window in encoded bytes).
+4. ``accept(size)`` pins the size: bytes fed beyond it, or an end below it, end the transfer with
+   ERROR 0 "File changed" (Outcome.SOURCE_ERROR), never a "completed" with the wrong bytes.
 
 States: RESOLVING --accept--> OACK_SENT --ACK 0--> SENDING --last ACK--> ENDED
                    \\--accept (no options)------> SENDING
@@ -15,13 +18,24 @@ States: RESOLVING --accept--> OACK_SENT --ACK 0--> SENDING --last ACK--> ENDED
 
 Block numbers on the wire are 16 bits and roll over to 0; inside, blocks are counted with
 unbounded integers and an ACK's 16-bit number is mapped back below the highest block sent, so files
-of any size work.  Sending: at most ``window`` blocks beyond the last acknowledged one.  ``window``
-is the RFC 7440 windowsize when the client negotiated one (always sent whole), else the anticipation
-setting (blocks sent ahead for lock-step clients; halved on a timeout, grown back on clean windows),
-else 1.  Duplicate ACKs never send anything (Sorcerer's Apprentice): only a timeout, or an RFC 7440
-gap ACK, resends, from the first unacknowledged block.  Until the client's first ACK proves its
-address is real, only the first reply is sent, and it is resent only when the client repeats its
-RRQ (``request_repeated``): a spoofed request draws one reply per datagram, never a stream.
+of any size work.
+
+Sending: at most ``cwnd`` blocks beyond the last acknowledged one.  For an RFC 7440 client ``cwnd``
+is the negotiated windowsize (its receiver only ACKs a whole window, so it is always sent whole).
+For a lock-step client with anticipation on, ``cwnd`` starts at ``INITIAL_WINDOW`` and grows by slow
+start (x3 per clean round trip) up to ``anticipate`` or the first loss, then by one block per clean
+window (AIMD); a timeout halves it.  Duplicate ACKs
+send nothing (Sorcerer's Apprentice) unless they are a receiver's own timeout (``_on_timeout_ack``);
+only a timeout, or an RFC 7440 gap ACK, resends.
+
+Reflection (TFTP has no handshake; see docs/hardening.md): until the client's first ACK only the
+first reply is sent, and only the client's repeated RRQ brings it again (``request_repeated``).  A
+stalled window is resent whole at most once (RFC 7440) or not at all (anticipation); after that a
+timeout resends only the first unacknowledged block, at most ``retries`` times per stall.  Every DATA
+is paid from the client address's ``SendBudget`` first; a refused one is neither queued nor
+counted, and the timer is set to when the budget allows it.  The silence tolerated before giving up
+is capped by ``max_silence`` whatever timeout the client negotiated, and is shorter before the
+first ACK (``retransmission_schedule`` computes both; tests derive their bounds from it).
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ from edgetftp.protocol.budget import SendBudget
 from edgetftp.protocol.codes import ErrorCode, Opcode
 from edgetftp.protocol.errors import LocalProtocolError, MalformedPacket
 from edgetftp.protocol.events import Outcome, TransferEnded, TransferStats
-from edgetftp.protocol.netascii import encode_netascii
+from edgetftp.protocol.netascii import NetasciiBlock, netascii_block
 from edgetftp.protocol.options import Limits, negotiate
 from edgetftp.protocol.packets import (
     Ack,
@@ -49,6 +63,12 @@ from edgetftp.protocol.packets import (
 SUPPORTED_MODES = frozenset({"octet", "netascii"})
 TIMING_INTERVAL = 8  # blocks between two round-trip samples
 CEILING_RECOVERY = 4  # clean windows (of the full size) before a lowered window ceiling rises by one
+INITIAL_WINDOW = 2  # blocks beyond the first ACK for a lock-step client: an unproven address
+UNPROVEN_RESENDS = 1  # timeout resends per stall until a second ACK has made progress
+PLAUSIBLE_RTT_FRACTION = 0.5  # an ACK for the initial window sooner than this x the first RTT is blind
+SLOW_START_GAIN = 2  # blocks added to the window per block acknowledged in slow start
+ANTICIPATION_MAX_BYTES = 2**20  # in flight for a lock-step client at most (socket buffers, NIC rings)
+FILE_CHANGED = "File changed"
 _pack_data_header = struct.Struct("!HH").pack
 _DATA, _ACK = int(Opcode.DATA), int(Opcode.ACK)
 
@@ -65,15 +85,89 @@ _OACK_SENT, _SENDING, _ENDED = State.OACK_SENT, State.SENDING, State.ENDED
 
 @dataclass(frozen=True, slots=True)
 class TransferConfig:
-    """Server-side knobs of every transfer (the per-transfer blksize cap comes separately)."""
+    """Server-side knobs of every transfer (the per-transfer blksize cap comes separately).
+
+    The defaults are the server's production defaults (settings.py); tests that need another mode
+    (lock-step: ``anticipate=0``) say so.
+    """
 
     timeout: float = 1.0  # first retransmission timeout when the client does not negotiate one
     max_timeout: float = 4.0  # cap after exponential backoff
     min_timeout: float = 0.2  # floor of the timeout measured from round trips (like TCP's 200 ms)
-    retries: int = 5  # retransmissions of the same data before giving up
+    retries: int = 5  # retransmissions per stall (and first replies per repeated RRQ) at most
     max_window: int = 64  # largest RFC 7440 windowsize granted
-    anticipate: int = 0  # blocks sent ahead for clients without windowsize (0 = lock-step)
+    anticipate: int = 64  # most blocks sent ahead for clients without windowsize (0 = lock-step)
     read_ahead: int = 32  # blocks buffered beyond the window when the file is streamed
+    max_silence: float = 30.0  # seconds of client silence before giving up, whatever its timeout
+    max_window_bytes: int = 128 * 1024  # bytes of a negotiated (RFC 7440) window, at most
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a stalled transfer resends (seconds after its last progress) and when it gives up."""
+
+    resends: tuple[float, ...]
+    give_up: float
+
+
+def retransmission_schedule(
+    config: TransferConfig,
+    client_timeout: float | None = None,
+    confirmed: bool = True,
+    first_rto: float | None = None,
+    proven: bool = True,
+) -> Schedule:
+    """The server's retransmission schedule after the last progress.  Pure; tests use it as their bound.
+
+    ``client_timeout`` is the RFC 2349 timeout the client negotiated (it sets the interval, never the
+    silence beyond ``max_silence``); ``confirmed`` False is a client that never ACKed (no resends, a
+    shorter patience); ``first_rto`` is the measured timeout (default: the configured one);
+    ``proven`` False is a client with a single ACK so far (``UNPROVEN_RESENDS`` resends at most).
+    """
+    base = float(client_timeout) if client_timeout is not None else config.timeout
+    ceiling = max(config.max_timeout, base)
+    give_up = min(config.max_silence, _backoff_total(base, ceiling, config.retries + 1))
+    if not confirmed:
+        # Nothing proves the address is real: the server's own schedule, never the client's timeout.
+        own = _backoff_total(config.timeout, config.max_timeout, config.retries + 1)
+        return Schedule((), min(give_up, own))
+    rto, at = first_rto if first_rto is not None else base, 0.0
+    resends: list[float] = []
+    limit = config.retries if proven else min(config.retries, UNPROVEN_RESENDS)
+    while len(resends) < limit:
+        at += rto
+        if at >= give_up:
+            break
+        resends.append(at)
+        rto = min(rto * 2, ceiling)
+    return Schedule(tuple(resends), give_up)
+
+
+def _backoff_total(first: float, ceiling: float, steps: int) -> float:
+    rto, total = first, 0.0
+    for _ in range(steps):
+        total += rto
+        rto = min(rto * 2, ceiling)
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class TransferSnapshot:
+    """A read-only view of a transfer's progress, for tests and the fuzz harness."""
+
+    state: State
+    blksize: int
+    acked: int  # highest block acknowledged
+    highest_sent: int
+    last_block: int | None  # known once the end of the file has been encoded
+    window: int  # blocks allowed beyond the last ACK now
+    window_cap: int  # the most ``window`` may grow to
+    peer_confirmed: bool
+    eof: bool
+    fed: int  # raw bytes fed
+    buffered: int  # bytes of the file the transfer holds (a view of a resident file counts whole)
+    retries: int  # retransmissions in the current stall
+    deadline: float | None
 
 
 class ReadTransfer:
@@ -96,14 +190,16 @@ class ReadTransfer:
         self._outgoing: list[bytes] = []
         self._events: deque[TransferEnded] = deque()
         self._deadline: float | None = None
+        self._waiting_for_budget = False  # the deadline is the budget's, not a retransmission timeout
         # negotiated
         self._blksize = 512
-        self._window = 1
-        self._cwnd = 1  # blocks allowed beyond the last ACK now (AIMD under anticipation)
+        self._window = 1  # the cap of cwnd: the negotiated windowsize, or the anticipation limit
+        self._cwnd = 1  # blocks allowed beyond the last ACK now
+        self._ssthresh = 1  # slow start below it, +1 per clean window above it
         self._cwnd_ceiling = 1  # lowered when losses repeat at one size; recovers after clean runs
         self._loss_cwnd = 0  # the window size at the last timeout
         self._clean_since_loss = 0  # blocks acknowledged since the last timeout
-        self._clean_acks = 0  # blocks acknowledged since the window last grew or shrank
+        self._clean_acks = 0  # blocks acknowledged since the window last grew (above ssthresh)
         self._go_back_on_ack = False  # RFC 7440: an ACK inside the window reports a gap
         self._base_rto = config.timeout
         self._max_rto = config.max_timeout
@@ -119,61 +215,72 @@ class ReadTransfer:
         self._acked = 0  # highest block the client acknowledged
         self._next = 1  # next block to send
         self._highest_sent = 0
-        self._last_block: int | None = None  # known once the end of the file has been fed
-        self._peer_confirmed = False  # the client has ACKed: its address is not spoofed
+        self._last_block: int | None = None  # known once the end of the file has been encoded
+        self._peer_confirmed = False  # the client has ACKed: its address answers (or is spoofed well)
+        self._proven = False  # a second ACK made progress, in plausible time after the first
+        self._confirmed_at = now  # when the first ACK came (and the initial window left)
         self._resent_first = 0  # first replies resent for repeated requests
         self._restarted = False  # the client went back to ACK 0 once (see _on_restart)
         self._first_sent_at = now
-        self._retries = 0
-        self._patience = 0.0  # seconds of client silence before giving up (set by accept)
+        self._window_sent_at = now  # when an RFC 7440 window was last sent from its start
+        self._retries = 0  # retransmissions in the current stall
+        self._patience = 0.0  # seconds of client silence before giving up (set by accept, first ACK)
+        self._client_timeout: float | None = None
         self._last_progress = now
-        # the stream, as encoded for the wire (netascii expands it)
+        # the file's bytes as fed (raw: netascii is encoded per block when sent)
+        self._size: int | None = None  # pinned by accept()
         self._buffer = memoryview(b"")
-        self._buffer_start = 0  # stream offset of self._buffer[0]
-        self._fed = 0  # stream bytes received from the driver
+        self._buffer_start = 0  # file offset of self._buffer[0]
+        self._fed = 0  # file bytes received from the driver
         self._eof = False
+        self._netascii = request.mode == "netascii"
+        self._marks: dict[int, NetasciiBlock] = {}  # netascii: where each unacknowledged block starts
         if request.mode not in SUPPORTED_MODES:
             self._fail(Outcome.REJECTED, ErrorCode.ILLEGAL_OPERATION, "Unsupported mode", now)
 
     # --- driver API: resolution and data ------------------------------------------------------
 
     def accept(self, size: int | None, now: float) -> None:
-        """The file exists and may be served; ``size`` in bytes (None if unknown)."""
+        """The file exists and may be served; ``size`` in bytes (None if unknown), pinned from now on."""
         if self.state is not State.RESOLVING:
             raise LocalProtocolError(f"accept() in state {self.state.name}")
+        config = self._config
         granted = negotiate(
             self.request.options,
             self.request.mode,
             size,
-            Limits(max_blksize=self._max_blksize, max_window=self._config.max_window),
+            Limits(self._max_blksize, config.max_window, config.max_window_bytes),
         )
+        self._size = size
         self._blksize = granted.blksize
         if "windowsize" in granted.oack:
             self._window, self._go_back_on_ack = granted.windowsize, True
-        elif self._config.anticipate > 0:
-            self._window = min(self._config.anticipate, self._config.max_window)
-        self._cwnd = self._cwnd_ceiling = self._window
+            self._cwnd = self._ssthresh = self._window
+        elif config.anticipate > 0:
+            by_bytes = max(1, ANTICIPATION_MAX_BYTES // granted.blksize)
+            self._window = self._ssthresh = min(config.anticipate, by_bytes)
+            self._cwnd = min(INITIAL_WINDOW, self._window)
+        self._cwnd_ceiling = self._window
         if granted.timeout is not None:
-            self._base_rto = float(granted.timeout)
+            self._client_timeout = self._base_rto = float(granted.timeout)
             self._max_rto = max(self._max_rto, self._base_rto)
         self._rto = self._settled_rto = self._base_rto
-        self._patience = self._silence_allowed()
+        self._patience = retransmission_schedule(config, self._client_timeout, confirmed=False).give_up
         self._last_progress = now
         self.stats.blksize, self.stats.size = self._blksize, size
         if self._go_back_on_ack:
             self.stats.windowsize = self._window
         else:
             self.stats.anticipate = self._window if self._window > 1 else 0
+        self._first_sent_at = now
         if granted.oack:
             self._oack = encode_oack(granted.oack)
             self.state = State.OACK_SENT
             self._send(self._oack)
-            self._first_sent_at = now
             self._timed_block, self._timed_at = 0, now
             self._deadline = now + self._rto
         else:
             self.state = State.SENDING
-            self._first_sent_at = now
             self._fill(now)
 
     def reject(self, code: int, message: str, now: float, detail: str = "") -> None:
@@ -186,25 +293,34 @@ class ReadTransfer:
         self._fail(Outcome.REJECTED, code, message, now, detail)
 
     def feed(self, data: bytes | memoryview, eof: bool, now: float) -> None:
-        """Append the next bytes of the file (raw; netascii is encoded here)."""
+        """Append the next raw bytes of the file (netascii is encoded block by block when sent)."""
         if self.state is State.ENDED:
             return
         if self._eof:
             raise LocalProtocolError("feed() after eof")
-        chunk = encode_netascii(data) if self.request.mode == "netascii" else data
-        self._append(chunk)
+        size = self._size
+        fed = self._fed + len(data)
+        if size is not None and (fed > size or (eof and fed < size)):
+            change = f"grew beyond {size} bytes" if fed > size else f"ended at {fed} of {size} bytes"
+            self._fail(
+                Outcome.SOURCE_ERROR, ErrorCode.NOT_DEFINED, FILE_CHANGED, now, f"file changed: {change}"
+            )
+            return
+        self._append(data)
         if eof:
             self._eof = True
-            self._last_block = self._fed // self._blksize + 1
+            if not self._netascii:
+                self._last_block = self._fed // self._blksize + 1
         if self.state is State.SENDING:
             self._fill(now)
 
     def bytes_wanted(self) -> int:
-        """How many more stream bytes the transfer would like buffered now (0: enough)."""
+        """How many more file bytes the transfer would like buffered now (0: enough)."""
         if self._eof or self.state is not _SENDING:
             # Nothing before the client's ACK 0: a UEFI size probe (OACK, then ERROR 8) must not
             # start a download it will never use.
             return 0
+        # In netascii a block holds at most blksize file bytes, so this is enough there too.
         target = (self._acked + self._window + self._config.read_ahead) * self._blksize
         return max(0, target - self._fed)
 
@@ -250,28 +366,28 @@ class ReadTransfer:
             )
 
     def handle_timer(self, now: float) -> None:
-        if self._deadline is None or now < self._deadline or self.state is State.ENDED:
+        deadline = self.get_timer()
+        if deadline is None or now < deadline or self.state is State.ENDED:
             return
-        self._retries += 1
-        if self._retries > self._config.retries and now - self._last_progress >= self._patience:
+        give_up_at = self._last_progress + self._patience  # the same sum as in get_timer
+        if now >= give_up_at:
             self._give_up(now)
             return
-        self._rto = min(self._rto * 2, self._max_rto)
-        self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
+        if self._waiting_for_budget:
+            self._deadline = None
+            self._fill(now)  # the budget has refilled: go on where it stopped
+            return
+        if self._peer_confirmed and self._retries < self._resend_limit():
+            self._retransmit(now)
         # Before the first ACK nothing is resent here (no reflection): only the client's own repeated
-        # RRQ brings the first reply again (request_repeated).
-        if self._peer_confirmed:
-            self._next = self._acked + 1  # go back to the first unacknowledged block
-            if not self._go_back_on_ack:
-                self._shrink_window()
-            self._fill(now)
-        self._deadline = now + self._rto
+        # RRQ brings the first reply again (request_repeated).  After ``retries`` resends: silence.
+        self._deadline = min(now + self._rto, give_up_at)
 
     def request_repeated(self, now: float) -> None:
         """The client sent its RRQ again: our first reply was lost (or is late).
 
         Until the client has ACKed, this is the only way the first reply (OACK or DATA 1) is sent
-        again, once per repeated request and at most ``retries`` times: a spoofed RRQ then draws one
+        again, once per repeated request and at most ``retries`` times: a spoofed request then draws one
         reply per datagram the spoofer sends, never a stream of retransmissions.
         """
         if self._peer_confirmed or self._resent_first >= self._config.retries:
@@ -289,7 +405,11 @@ class ReadTransfer:
             self._fill(now)
 
     def get_timer(self) -> float | None:
-        return self._deadline
+        deadline = self._deadline
+        if deadline is None:
+            return None
+        give_up_at = self._last_progress + self._patience  # a client's long timeout never outlasts it
+        return deadline if deadline < give_up_at else give_up_at
 
     def datagrams_to_send(self) -> list[bytes]:
         out, self._outgoing = self._outgoing, []
@@ -307,6 +427,23 @@ class ReadTransfer:
         """True once the client has acknowledged something (its address answers)."""
         return self._peer_confirmed
 
+    def snapshot(self) -> TransferSnapshot:
+        return TransferSnapshot(
+            state=self.state,
+            blksize=self._blksize,
+            acked=self._acked,
+            highest_sent=self._highest_sent,
+            last_block=self._last_block,
+            window=self._cwnd if self._peer_confirmed else 1,
+            window_cap=self._window,
+            peer_confirmed=self._peer_confirmed,
+            eof=self._eof,
+            fed=self._fed,
+            buffered=len(self._buffer),
+            retries=self._retries,
+            deadline=self._deadline,
+        )
+
     # --- internals ------------------------------------------------------------------------------
 
     def _on_ack(self, wire_block: int, now: float) -> None:
@@ -314,26 +451,51 @@ class ReadTransfer:
         if state is _SENDING:
             self._on_data_ack(wire_block, now)
         elif state is _OACK_SENT and wire_block == 0:
-            self._peer_confirmed = True
+            self._confirm()
+            self._confirmed_at = now
             self.state = _SENDING
             self._on_progress(0, now)
             self._deadline = None
             self._fill(now)
 
+    def _on_early_or_growing_ack(self, acknowledged: int, now: float) -> None:
+        if not self._peer_confirmed:
+            self._confirm()  # the first ACK earns the initial window, no growth yet
+            self._confirmed_at = now
+            return
+        if not self._proven:
+            srtt = self._srtt
+            if srtt is not None and now - self._confirmed_at < PLAUSIBLE_RTT_FRACTION * srtt:
+                return  # sooner than the path's round trip allows: a blind ACK, not a receiver
+            self._proven = True  # a plausible second ACK: growth, and resends up to ``retries``
+        if self._cwnd < self._window:
+            self._grow_window(acknowledged)
+
+    def _confirm(self) -> None:
+        """The first ACK: from now on the client's (capped) retransmission schedule applies."""
+        self._peer_confirmed = True
+        self._patience = retransmission_schedule(self._config, self._client_timeout).give_up
+
     def _on_data_ack(self, wire_block: int, now: float) -> None:
         """The hot path: one ACK in, usually one DATA out.  Kept flat on purpose."""
         highest = self._highest_sent
         block = highest - ((highest - wire_block) & 0xFFFF)  # unwrap the 16-bit block number
-        if block <= self._acked:
-            if block == self._acked:
+        acked = self._acked
+        if block <= acked:
+            if block == acked:
                 self.stats.duplicate_acks += 1  # never answered: that is the Sorcerer's Apprentice bug
+                if now - self._window_sent_at >= self._settled_rto and (
+                    self._go_back_on_ack or self._retries >= self._resend_limit()
+                ):
+                    self._on_timeout_ack(now)  # ... except a receiver's timeout, past our own resends
             elif block == 0:
                 self._on_restart(now)
             return  # else a stale (reordered) ACK
-        if self._cwnd < self._window:
-            self._grow_window(block - self._acked)
-        self._peer_confirmed = True
+        if self._cwnd < self._window or not self._proven:
+            self._on_early_or_growing_ack(block - acked, now)
         self._acked = block
+        if self._marks:
+            self._forget_marks(acked, block)
         self._on_progress(block, now)
         last = self._last_block
         if last is not None and block >= last:
@@ -343,8 +505,20 @@ class ReadTransfer:
             # RFC 7440: an ACK inside the window reports a gap, so resend from it.  Either way never
             # resend what is acknowledged (a late ACK can overtake a timeout's rewind).
             self._next = block + 1
+            self._window_sent_at = now
         self._deadline = None
         self._fill(now)
+
+    def _on_timeout_ack(self, now: float) -> None:
+        """A receiver re-ACKs its last in-order block when it times out (RFC 7440 section 4; lock-step
+        clients too): what followed was lost.  An RFC 7440 window is sent again; for a lock-step client
+        this only happens once our own resends for the stall are used up, and sends one block.  A
+        duplicate sooner than the settled timeout after our last send is the network's copy: nothing.
+        Each such resend costs the sender an ACK, so a blind spoofer pays per datagram (and the budget)."""
+        self._next = self._acked + 1
+        self._deadline = None
+        self._window_sent_at = now
+        self._fill(now, whole_window=self._go_back_on_ack)
 
     def _on_restart(self, now: float) -> None:
         """ACK 0 after progress: the client went back to the OACK and expects block 1 again.
@@ -360,39 +534,59 @@ class ReadTransfer:
         self._deadline = None
         self._fill(now)
 
+    def _resend_limit(self) -> int:
+        return self._config.retries if self._proven else min(self._config.retries, UNPROVEN_RESENDS)
+
+    def _retransmit(self, now: float) -> None:
+        """A timeout after the first ACK: resend from the first unacknowledged block, boundedly.
+
+        Once a second ACK has proven the address, the window (an RFC 7440 one whole: its receiver ACKs
+        only a whole window; the anticipation window halved) is resent once per stall; every other
+        resend is the first unacknowledged block alone.  So a window drawn by one blind ACK costs that
+        window plus ``UNPROVEN_RESENDS`` blocks, and a stalled window later at most one more window
+        plus ``retries`` blocks.
+        """
+        self._retries += 1
+        self._rto = min(self._rto * 2, self._max_rto)
+        self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
+        self._next = self._acked + 1
+        # The first resend of a proven stall is the (halved, for anticipation) window; an unproven
+        # session's receiver re-ACKs on its own timeout if it is real (_on_timeout_ack).
+        whole_window = self._retries == 1 and self._proven
+        self._window_sent_at = now
+        if not self._go_back_on_ack:
+            self._shrink_window()
+        self._fill(now, whole_window)
+
     def _shrink_window(self) -> None:
         """A timeout while anticipating: the burst overran the path or the client's buffer.
 
-        Halve it.  A loss at the same size as the last one means the client cannot take that burst
-        (a small firmware ring, not random loss): cap the window below it, so the transfer settles
-        instead of losing again every few blocks.  (An RFC 7440 receiver only ACKs a full window, so a
-        negotiated window is always sent whole and is not shrunk here.)
+        Halve it (and end slow start there) and resend the halved window once (dropping to one block
+        and slow-starting again made busybox 3x slower at 1% loss; resending one block, +40%).  A loss
+        at the same size as the last one means the client cannot take that burst (a small firmware
+        ring, not random loss): cap the window below it, so the transfer settles instead of losing
+        again every few blocks.
         """
         if self._cwnd == self._loss_cwnd:
             self._cwnd_ceiling = max(1, self._cwnd - 1)
         self._loss_cwnd = self._cwnd
-        self._cwnd, self._clean_acks, self._clean_since_loss = max(1, self._cwnd // 2), 0, 0
+        self._ssthresh = max(1, self._cwnd // 2)
+        self._cwnd, self._clean_acks, self._clean_since_loss = self._ssthresh, 0, 0
 
     def _grow_window(self, acknowledged: int) -> None:
-        """+1 per clean window up to the ceiling; the ceiling itself recovers after a long clean run."""
-        self._clean_acks += acknowledged
+        """Slow start (``SLOW_START_GAIN`` more blocks per block acknowledged) up to ssthresh, then +1
+        per clean window, up to the ceiling; the ceiling recovers after a long clean run."""
+        ceiling = self._cwnd_ceiling
+        if self._cwnd < self._ssthresh:
+            # x3 per round trip: 2 -> 64 in four round trips (doubling took 0.93 s for 1 MiB at 50 ms)
+            self._cwnd = min(self._cwnd + SLOW_START_GAIN * acknowledged, self._ssthresh, ceiling)
+        else:
+            self._clean_acks += acknowledged
+            if self._clean_acks >= self._cwnd and self._cwnd < ceiling:
+                self._cwnd, self._clean_acks = self._cwnd + 1, 0
         self._clean_since_loss += acknowledged
-        if self._clean_acks >= self._cwnd and self._cwnd < self._cwnd_ceiling:
-            self._cwnd, self._clean_acks = self._cwnd + 1, 0
-        if self._clean_since_loss >= CEILING_RECOVERY * self._window and self._cwnd_ceiling < self._window:
-            self._cwnd_ceiling, self._clean_since_loss = self._cwnd_ceiling + 1, 0
-
-    def _silence_allowed(self) -> float:
-        """How long a client may stay silent: the whole retry schedule at the configured timeouts.
-
-        Retransmissions follow the measured RTT and can be much faster than ``timeout``; giving up
-        is not: a client that re-ACKs every few seconds (curl: 5 s) must not find the transfer gone.
-        """
-        rto, total = self._base_rto, 0.0
-        for _ in range(self._config.retries + 1):
-            total += rto
-            rto = min(rto * 2, self._max_rto)
-        return total
+        if self._clean_since_loss >= CEILING_RECOVERY * self._window and ceiling < self._window:
+            self._cwnd_ceiling, self._clean_since_loss = ceiling + 1, 0
 
     def _on_progress(self, block: int, now: float) -> None:
         """An ACK moved the transfer forward: reset the retries and the backoff."""
@@ -414,16 +608,20 @@ class ReadTransfer:
         measured = self._srtt + max(0.01, 4 * self._rttvar)
         self._settled_rto = min(self._base_rto, max(self._config.min_timeout, measured))
 
-    def _fill(self, now: float) -> None:
-        """Send blocks up to the window's edge, as far as the fed data allows."""
+    def _fill(self, now: float, whole_window: bool = True) -> None:
+        """Send blocks up to the window's edge, as far as the fed data and the budget allow."""
+        if self._netascii:
+            self._fill_netascii(now, whole_window)
+            return
+        self._waiting_for_budget = False
         acked, block = self._acked, self._next
-        limit = acked + (self._cwnd if self._peer_confirmed else 1)
+        limit = acked + (self._cwnd if self._peer_confirmed and whole_window else 1)
         last = self._last_block
         if last is not None and limit > last:
             limit = last
         blksize, fed, eof = self._blksize, self._fed, self._eof
         buffer, base, highest = self._buffer, self._buffer_start, self._highest_sent
-        outgoing = self._outgoing
+        outgoing, budget = self._outgoing, self._budget
         start = (block - 1) * blksize
         sent = new_bytes = 0
         while block <= limit:
@@ -432,7 +630,11 @@ class ReadTransfer:
                 if not eof:
                     break  # the driver has not fed these bytes yet
                 end = fed
-            outgoing.append(_pack_data_header(_DATA, block & 0xFFFF) + buffer[start - base : end - base])
+            datagram = _pack_data_header(_DATA, block & 0xFFFF) + buffer[start - base : end - base]
+            if budget is not None and not budget.take(len(datagram), now):
+                self._wait_for_budget(budget, len(datagram), now)
+                break
+            outgoing.append(datagram)
             if block > highest:
                 if self._timed_block is None and block >= self._next_timed:
                     # One timed block per window is plenty for RFC 6298 and saves the hot path.
@@ -443,22 +645,95 @@ class ReadTransfer:
             block += 1
             sent += 1
             start += blksize
+        if sent:  # _account, inlined on the hot path
+            stats = self.stats
+            stats.retransmits += sent - (highest - self._highest_sent)
+            stats.bytes_sent += new_bytes
+            stats.datagrams_sent += sent
+            self._next, self._highest_sent = block, highest
+            if not self._waiting_for_budget:
+                self._deadline = now + self._rto
+        elif self._deadline is None and highest > acked:
+            self._deadline = now + self._rto
+
+    def _fill_netascii(self, now: float, whole_window: bool) -> None:
+        """``_fill`` for netascii: each block is encoded from the raw bytes when it is sent."""
+        self._waiting_for_budget = False
+        acked, block, highest = self._acked, self._next, self._highest_sent
+        limit = acked + (self._cwnd if self._peer_confirmed and whole_window else 1)
+        budget = self._budget
+        sent = new_bytes = 0
+        while block <= limit and (self._last_block is None or block <= self._last_block):
+            payload = self._encode_block(block)
+            if payload is None:
+                break  # the driver has not fed these bytes yet
+            datagram = _pack_data_header(_DATA, block & 0xFFFF) + payload
+            if budget is not None and not budget.take(len(datagram), now):
+                self._wait_for_budget(budget, len(datagram), now)
+                break
+            self._outgoing.append(datagram)
+            if block > highest:
+                if self._timed_block is None and block >= self._next_timed:
+                    self._timed_block, self._timed_at = block, now
+                    self._next_timed = block + TIMING_INTERVAL
+                highest = block
+                new_bytes += len(payload)
+            block += 1
+            sent += 1
+        self._account(sent, block, highest, new_bytes, now)
+
+    def _encode_block(self, block: int) -> bytes | None:
+        """The netascii payload of ``block``, or None until enough raw bytes are fed."""
+        mark = self._marks.get(block)
+        if mark is None:
+            if block != 1:
+                raise LocalProtocolError(f"netascii block {block} has no start")  # a bug, never input
+            mark = self._marks[1] = NetasciiBlock(0, 0)
+        base = self._buffer_start
+        encoded = netascii_block(self._buffer[mark.raw - base :], mark, self._blksize, self._eof)
+        if encoded is None:
+            return None
+        payload, following = encoded
+        if following is None:
+            self._last_block = block
+        else:
+            self._marks[block + 1] = following
+        return payload
+
+    def _forget_marks(self, old_acked: int, new_acked: int) -> None:
+        marks = self._marks
+        for acknowledged in range(old_acked + 1, new_acked + 1):
+            marks.pop(acknowledged, None)
+
+    def _wait_for_budget(self, budget: SendBudget, size: int, now: float) -> None:
+        self._waiting_for_budget = True
+        self.stats.budget_waits += 1
+        self._deadline = budget.ready_at(size, now)
+
+    def _account(self, sent: int, block: int, highest: int, new_bytes: int, now: float) -> None:
         if sent:
             stats = self.stats
             stats.retransmits += sent - (highest - self._highest_sent)
             stats.bytes_sent += new_bytes
             stats.datagrams_sent += sent
             self._next, self._highest_sent = block, highest
+            if not self._waiting_for_budget:
+                self._deadline = now + self._rto
+        elif self._deadline is None and highest > self._acked:
             self._deadline = now + self._rto
-        elif self._deadline is None and highest > acked:
-            self._deadline = now + self._rto
+
+    def _retained_from(self) -> int:
+        """The file offset from which bytes may still be (re)sent: the first unacknowledged block's."""
+        if self._netascii:
+            mark = self._marks.get(self._acked + 1)
+            return mark.raw if mark is not None else self._buffer_start
+        return self._acked * self._blksize
 
     def _append(self, chunk: bytes | memoryview) -> None:
         if not self._buffer:
             self._buffer, self._buffer_start = memoryview(chunk), self._fed  # zero-copy (whole files)
         else:
-            # Keep only what may still be (re)sent: from the first unacknowledged block on.
-            keep_from = max(self._buffer_start, self._acked * self._blksize)
+            keep_from = max(self._buffer_start, self._retained_from())
             kept = self._buffer[keep_from - self._buffer_start :]
             self._buffer, self._buffer_start = memoryview(b"".join((kept, chunk))), keep_from
         self._fed += len(chunk)
@@ -475,7 +750,8 @@ class ReadTransfer:
             self.stats.final_ack_missing = True
             self._end(Outcome.COMPLETED, now)
         else:
-            self._end(Outcome.TIMED_OUT, now, reason=f"no answer after {self._config.retries} retries")
+            silence = now - self._last_progress
+            self._end(Outcome.TIMED_OUT, now, reason=f"no answer for {silence:.1f} s")
 
     def _fail(self, outcome: Outcome, code: int, message: str, now: float, detail: str = "") -> None:
         self._send(encode_error(code, message))
@@ -485,6 +761,7 @@ class ReadTransfer:
         self.state = State.ENDED
         self._deadline = None
         self._buffer = memoryview(b"")  # release the file's bytes promptly
+        self._marks.clear()
         self.stats.ended = now
         self._events.append(TransferEnded(outcome, self.stats, error_code, reason))
 
