@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import boottime, boottime_source
-from bench.boottime_model import CLIENTS, KiB, SERVERS, Cell, floor_seconds, format_cell
+from bench.boottime_model import CLIENTS, SERVERS, Cell, KiB, floor_seconds, format_cell
 from bench.latency import Content, write_content
 from bench.peers import edgetftp_with, start_server
 
@@ -58,7 +58,7 @@ def test_tiny_matrix_prints_the_table_and_verifies_every_run(
     floor = floor_seconds(SIZE_KIB * KiB, RTT_MS, 100.0)
     rows = [line for line in out.splitlines() if line.startswith(f"| {CLIENTS[programs[0]].label} |")]
     assert len(rows) == 2  # loss 0 and 3%
-    assert all(f"| 64 KiB | 20 | " in row and f"| {floor:.2f} |" in row for row in rows)
+    assert all("| 64 KiB | 20 | " in row and f"| {floor:.2f} |" in row for row in rows)
     assert prefix.with_suffix(".md").read_text() == out
 
     document = json.loads(prefix.with_suffix(".json").read_text())
