@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import boottime, boottime_source
-from bench.boottime_model import CLIENTS, SERVERS, Cell, KiB, floor_seconds, format_cell
+from bench.boottime_model import CLIENTS, SERVERS, Cell, KiB, Run, floor_seconds, format_cell
 from bench.latency import Content, write_content
 from bench.peers import edgetftp_with, start_server
 
@@ -118,7 +118,7 @@ def test_lock_step_cells_over_the_cap_are_reported_not_dropped() -> None:
 
 def test_capped_run_is_shown_as_over_the_cap() -> None:
     cell = Cell("busybox", "tftpd-hpa", 1024, 50.0, 0.01, 0.25, 5.0)
-    cell.runs.append(boottime.Run(ok=False, seconds=5.0, capped=True, note="no exit within 5 s"))
+    cell.runs.append(Run(ok=False, seconds=5.0, capped=True, note="no exit within 5 s"))
     assert format_cell(cell) == "> 5 s" and not cell.failures()
 
 
