@@ -50,6 +50,7 @@ from bench.boottime_model import (
     block_count,
     floor_seconds,
     format_cell,
+    format_seconds,
     lock_step_lower_bound,
 )
 from bench.boottime_report import check_targets, render_table, render_targets
@@ -369,6 +370,14 @@ def render_markdown(
         render_targets(check_targets(cells)),
         "",
     ]
+    nbp = render_uefi_nbp(cells, plan.bandwidth_mbit)
+    if nbp:
+        parts += [
+            "EDK II's own download of ipxe.efi in the UEFI cells (it negotiates a window itself):",
+            "",
+            nbp,
+            "",
+        ]
     if first_data is not None:
         parts += ["Time to the first DATA of a cold object (one fresh client per run):", "", first_data, ""]
     not_run = sorted(
@@ -376,6 +385,28 @@ def render_markdown(
     )
     parts += [f"Not run: {line}" for line in not_run]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def render_uefi_nbp(cells: list[Cell], bandwidth_mbit: float) -> str:
+    """The firmware's NBP download, recorded beside each UEFI run: a windowsize client of its own."""
+    lines = []
+    for cell in cells:
+        for run in cell.runs:
+            if "nbp_seconds" not in run.extra:
+                continue
+            nbp = run.extra
+            floor = floor_seconds(
+                nbp["nbp_blocks"] * int(nbp["nbp_oack"].get("blksize", 512)), cell.rtt_ms, 100.0
+            )
+            lines.append(
+                f"| {SERVERS[cell.server].label} | {cell.rtt_ms:g} | {cell.loss:.0%} | {nbp['nbp_options']} "
+                f"| {nbp['nbp_oack']} | {format_seconds(nbp['nbp_seconds'])} | {format_seconds(floor)} "
+                f"| {nbp['nbp_data_datagrams']} / {nbp['nbp_blocks']} |"
+            )
+    if not lines:
+        return ""
+    header = "| server | RTT ms | loss | options asked | granted | ipxe.efi s | floor s | DATA / blocks |"
+    return "\n".join([header, "|---|---|---|---|---|---|---|---|", *lines])
 
 
 def write_results(
