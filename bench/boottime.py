@@ -183,8 +183,8 @@ def run_program(
     done = [t for t in log.find(filename) if t.complete]
     seconds = done[-1].duration if done else None
     sha_ok = digest == expected_sha256
-    if returncode == 0 and not sha_ok:
-        note = "exit 0 but wrong sha256" if digest else "exit 0 but no file"
+    if returncode == 0 and not sha_ok:  # keep the client's own words: tftp-hpa exits 0 after an ERROR
+        note = ("exit 0 but wrong sha256" if digest else "exit 0 but no file") + (f": {note}" if note else "")
     return Run(
         ok=returncode == 0 and sha_ok and seconds is not None,
         seconds=seconds if seconds is not None else client_seconds,

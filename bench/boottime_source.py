@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import socket
 import struct
 import time
@@ -63,6 +64,7 @@ def s3_source(workdir: Path, objects: dict[str, bytes], stack: contextlib.ExitSt
     """A moto server behind tests/s3support's proxy; dummy AWS credentials in the environment meanwhile."""
     from tests.s3support import REGION, s3_endpoint  # moto and boto3: only when S3 is measured
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's HTTP server logs every request
     endpoint = stack.enter_context(s3_endpoint())
     endpoint.create_bucket(S3_BUCKET)
     for name, data in objects.items():
