@@ -51,6 +51,7 @@ CLIENTS: dict[str, ClientSpec] = {
         ClientSpec("busybox", "busybox 1.35 tftp -b 1432", "program", 1432, program="busybox"),
         ClientSpec("atftp", "atftp 0.8 blksize 1432", "program", 1432, program="atftp"),
         ClientSpec("atftp-w16", "atftp 0.8 blksize 1432 windowsize 16", "program", 1432, 16, "atftp"),
+        ClientSpec("atftp-w64", "atftp 0.8 blksize 1432 windowsize 64", "program", 1432, 64, "atftp"),
         ClientSpec("tftp-hpa", "tftp-hpa 5.2 client (RFC 1350, 512)", "program", 512, program="tftp"),
         ClientSpec("ipxe-bios", "iPXE (SeaBIOS, QEMU) imgfetch", "ipxe-bios", 1432),
         ClientSpec("ipxe-uefi", "iPXE on OVMF (UEFI, QEMU) imgfetch", "ipxe-uefi", 1432),
