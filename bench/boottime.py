@@ -61,7 +61,7 @@ from tests.ipxe.wire import TransferLog
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "boot-time-results"
-DEFAULT_CLIENTS = ("curl", "busybox", "atftp", "atftp-w16", "tftp-hpa", "ipxe-bios", "ipxe-uefi")
+DEFAULT_CLIENTS = ("curl", "busybox", "atftp", "atftp-w16", "atftp-w64", "tftp-hpa", "ipxe-bios", "ipxe-uefi")
 DEFAULT_SIZES_KIB = (64, 1024, 10 * 1024)
 DEFAULT_RTTS_MS = (20.0, 50.0, 100.0, 200.0)
 DEFAULT_LOSS_PERCENT = (0.0, 1.0, 3.0)
