@@ -111,6 +111,13 @@ def start_servers(servers: Sequence[ServerSpec], root: Path, log_dir: Path) -> d
     return started
 
 
+def with_extra_args(server: ServerSpec, extra: tuple[str, ...]) -> ServerSpec:
+    """edgetftp servers get ``--edgetftp-arg`` flags too (e.g. fly.toml's settings); tftpd-hpa does not."""
+    if server.kind != "edgetftp" or not extra:
+        return server
+    return dataclasses.replace(server, args=(*server.args, *extra))
+
+
 def server_unavailable(server: ServerSpec) -> str | None:
     if server.kind == "tftpd-hpa":
         if reason := TFTPD_HPA_PEER.available():
@@ -302,13 +309,14 @@ class Context:
     servers: dict[str, ServerProcess]
     workdir: Path
     cap_s: float
+    specs: list[ServerSpec]
 
     def run_once(self, cell: Cell, seed: str) -> Run:
         client, server = CLIENTS[cell.client], self.servers.get(cell.server)
         filename = Content.file_name(cell.size_kib)
         sha = self.content.sha256[filename]
         if client.kind == "ipxe-uefi":
-            flags = SERVERS[cell.server].args
+            flags = next(spec.args for spec in self.specs if spec.key == cell.server)
             return firmware.run_ipxe_uefi(
                 flags, cell.size_kib * KiB, cell.rtt_ms, cell.loss, seed, self.cap_s
             )
@@ -453,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, help="client programs run in parallel")
     parser.add_argument("--bandwidth-mbit", type=float, default=DEFAULT_BANDWIDTH_MBIT)
     parser.add_argument("--edgetftp-src", type=Path, default=REPO, help="checkout whose server to run")
+    parser.add_argument(
+        "--edgetftp-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra flag for both edgetftp servers, repeatable: --edgetftp-arg=--max-window=16",
+    )
     parser.add_argument("--seed", default="0")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="PREFIX: writes PREFIX.md/.json")
     parser.add_argument(
@@ -472,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = edgetftp_pythonpath(args.edgetftp_src)  # every edgetftp we start, UEFI's too
     plan = Plan(
         clients=[CLIENTS[k] for k in args.clients],
-        servers=[SERVERS[k] for k in args.servers],
+        servers=[with_extra_args(SERVERS[k], tuple(args.edgetftp_arg)) for k in args.servers],
         sizes_kib=args.sizes,
         rtts_ms=args.rtts,
         losses=[p / 100 for p in args.loss],
@@ -491,9 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         runnable = [s for s in plan.servers if not server_unavailable(s)]
         servers = start_servers(runnable, content.root, workdir / "logs")
         try:
-            run_cells(
-                cells, Context(content, servers, workdir, plan.cap_s), plan.repeat, args.jobs, plan.seed
-            )
+            context = Context(content, servers, workdir, plan.cap_s, plan.servers)
+            run_cells(cells, context, plan.repeat, args.jobs, plan.seed)
         finally:
             for process in servers.values():
                 process.stop()
@@ -512,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "bandwidth_mbit": plan.bandwidth_mbit,
         "cap_s": plan.cap_s,
         "jobs": args.jobs,
+        "edgetftp_extra_args": args.edgetftp_arg,
     }
     first_data_table = boottime_source.render_first_data(first_data) if first_data else None
     markdown = render_markdown(plan, cells, command, meta, first_data_table, args.jobs)
