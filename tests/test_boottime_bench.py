@@ -152,3 +152,14 @@ def test_first_data_probe_reads_data_one(tmp_path: Path) -> None:
             boottime_source.first_data_seconds(server.address, "missing.bin")
     finally:
         server.stop()
+
+
+def test_edgetftp_args_go_to_edgetftp_servers_only() -> None:
+    extra = ("--max-window=16",)
+    assert boottime.with_extra_args(SERVERS["anticipate0"], extra).args == ("--anticipate", "0", *extra)
+    assert boottime.with_extra_args(SERVERS["tftpd-hpa"], extra).args == ()
+
+
+def test_a_checkout_without_a_server_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--edgetftp-src"):
+        boottime.edgetftp_pythonpath(tmp_path)
