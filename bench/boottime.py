@@ -196,10 +196,16 @@ def run_program(
         ok=returncode == 0 and sha_ok and seconds is not None,
         seconds=seconds if seconds is not None else client_seconds,
         capped=returncode is None,
-        note="" if returncode == 0 and sha_ok else note or f"exit {returncode}",
+        note=_run_note(returncode, sha_ok, seconds is not None, note),
         client_seconds=client_seconds,
         data_datagrams=stats.to_client.received,
     )
+
+
+def _run_note(returncode: int | None, sha_ok: bool, final_ack_seen: bool, client_words: str) -> str:
+    if returncode == 0 and sha_ok:
+        return "" if final_ack_seen else "the relay never saw the final ACK"
+    return client_words or f"exit {returncode}"
 
 
 def _last_line(output: bytes) -> str:
