@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -283,6 +284,7 @@ def expected_seconds(cell: Cell) -> float:
 
 
 RunOnce = Callable[[Cell, str], Run]
+_PROGRESS_LOCK = threading.Lock()
 
 
 def run_cell(cell: Cell, repeat: int, run_once: RunOnce, seed: str) -> Cell:
@@ -293,7 +295,8 @@ def run_cell(cell: Cell, repeat: int, run_once: RunOnce, seed: str) -> Cell:
         cell.runs.append(run)
         if not run.ok or (run.seconds or 0) > LONG_CELL_S:
             break
-    print(json.dumps({"cell": _cell_summary(cell)}), file=sys.stderr, flush=True)
+    with _PROGRESS_LOCK:  # cells finish on several threads; one line each
+        print(json.dumps({"cell": _cell_summary(cell)}), file=sys.stderr, flush=True)
     return cell
 
 
