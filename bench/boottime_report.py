@@ -43,7 +43,9 @@ def _row_keys(cells: Sequence[Cell]) -> list[tuple[str, int, float, float]]:
 def render_table(cells: Sequence[Cell], servers: Sequence[str]) -> str:
     """One row per (client, size, RTT, loss); one column per server; floor and ratios beside."""
     header = ["client", "size", "RTT ms", "loss", "floor s", *(SERVERS[s].label for s in servers)]
-    header += ["default / floor", "default / tftpd-hpa"]
+    with_floor_ratio = "default" in servers
+    with_hpa_ratio = with_floor_ratio and "tftpd-hpa" in servers
+    header += ["default / floor"] * with_floor_ratio + ["default / tftpd-hpa"] * with_hpa_ratio
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for client, size_kib, rtt, loss in _row_keys(cells):
         by_server = {s: find_cell(cells, client, s, size_kib, rtt, loss) for s in servers}
@@ -51,8 +53,10 @@ def render_table(cells: Sequence[Cell], servers: Sequence[str]) -> str:
         default, hpa = by_server.get("default"), by_server.get("tftpd-hpa")
         row = [CLIENTS[client].label, size_label(size_kib), f"{rtt:g}", f"{loss:.0%}", format_seconds(floor)]
         row += [format_cell(by_server[s]) for s in servers]
-        row.append(format_ratio(ratio(_completed_median(default), floor)))
-        row.append(format_ratio(ratio(_completed_median(default), _completed_median(hpa))))
+        if with_floor_ratio:
+            row.append(format_ratio(ratio(_completed_median(default), floor)))
+        if with_hpa_ratio:
+            row.append(format_ratio(ratio(_completed_median(default), _completed_median(hpa))))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
