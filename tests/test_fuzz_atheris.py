@@ -56,3 +56,15 @@ def test_bounded_atheris_run_finds_no_crash(tmp_path: Path) -> None:
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_escape_the_entry_point(data: bytes) -> None:
     run_one(data)  # raises only on a bug: an escaped exception or a broken invariant
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "fuzz" / "regressions").iterdir()), ids=lambda path: path.name
+)
+def test_inputs_the_fuzzer_once_failed_on_pass(path: Path) -> None:
+    """Each file is an input an atheris run once stopped on, kept so the fix stays fixed.
+
+    idle-timer-after-resends: after its resends were spent the session woke every RTO until its
+    give-up time (76 wake-ups, 30 s); it now sleeps until the give-up time.
+    """
+    run_one(path.read_bytes())

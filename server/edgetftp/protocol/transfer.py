@@ -379,9 +379,12 @@ class ReadTransfer:
             return
         if self._peer_confirmed and self._retries < self._resend_limit():
             self._retransmit(now)
-        # Before the first ACK nothing is resent here (no reflection): only the client's own repeated
-        # RRQ brings the first reply again (request_repeated).  After ``retries`` resends: silence.
-        self._deadline = min(now + self._rto, give_up_at)
+            self._deadline = min(now + self._rto, give_up_at)
+        else:
+            # Before the first ACK nothing is resent here (no reflection): only the client's own
+            # repeated RRQ brings the first reply again (request_repeated).  After the resends:
+            # silence, and the next wake-up is the one that gives up.
+            self._deadline = give_up_at
 
     def request_repeated(self, now: float) -> None:
         """The client sent its RRQ again: our first reply was lost (or is late).
