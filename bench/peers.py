@@ -229,12 +229,15 @@ class Peer:
     name: str
     executable: str  # checked by ``available``
     extra_args: tuple[str, ...] = ()
+    server_dir: str | None = None  # another checkout's server/ (an older build), else this checkout's
 
     def command(self, host: str, port: int, source: str) -> list[str]:
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if self.name == "tftpd-hpa":
             return [self.executable, "--foreground", "--listen", "--address", listen, "--secure", source]
+        build = ["env", f"PYTHONPATH={self.server_dir}"] if self.server_dir else []
         return [
+            *build,
             self.executable,
             "-m",
             "edgetftp",
@@ -246,6 +249,8 @@ class Peer:
             "100000",  # every benchmark session comes from 127.0.0.1
             "--drain-timeout",
             "0",
+            "--client-rate",
+            "0",  # one address sends the whole load: a per-address budget would measure itself
             *self.extra_args,
             source,
         ]
@@ -263,6 +268,11 @@ TFTPD_HPA_PEER = Peer("tftpd-hpa", TFTPD_HPA)
 
 def edgetftp_with(*args: str) -> Peer:
     return Peer("edgetftp", sys.executable, tuple(args))
+
+
+def edgetftp_build(checkout: str, *args: str) -> Peer:
+    """Another checkout's edgetftp (``git worktree add`` of an older commit): the reference column."""
+    return Peer("edgetftp-base", sys.executable, tuple(args), server_dir=os.path.join(checkout, "server"))
 
 
 class ServerProcess(serverproc.ServerProcess):

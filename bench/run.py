@@ -3,6 +3,7 @@
     python -m bench.run                 # full run, median of 3 (a few minutes)
     python -m bench.run --quick         # smoke run with small counts (< 1 minute)
     python -m bench.run --s3            # also the S3 source with a warm cache (moto server on 127.0.0.1)
+    python -m bench.run --reference-src ../base   # edgetftp against an older checkout instead of tftpd-hpa
 
 Every server runs pinned to CPU 0 (``taskset -c 0``); this process, the load generator, pins itself to
 CPU 1.  Both servers are started for a scenario and the repeats alternate between them, so slow drift of
@@ -46,6 +47,7 @@ from bench.peers import (
     Peer,
     ServerFailed,
     ServerProcess,
+    edgetftp_build,
     edgetftp_with,
     make_cpu_meter,
     pin_self,
@@ -314,6 +316,7 @@ class Options:
     use_uvloop: bool = True
     edgetftp_args: tuple[str, ...] = ()
     peers: tuple[str, ...] = ("edgetftp", "tftpd-hpa")
+    reference_src: str | None = None  # the reference column is this older edgetftp checkout
     results_dir: Path | None = RESULTS_DIR
     pin: bool = True
 
@@ -347,7 +350,12 @@ def running_servers(
 
 
 def select_peers(options: Options) -> tuple[list[Peer], dict[str, str]]:
-    candidates = {"edgetftp": edgetftp_with(*options.edgetftp_args), "tftpd-hpa": TFTPD_HPA_PEER}
+    reference = (
+        edgetftp_build(options.reference_src, *options.edgetftp_args)
+        if options.reference_src
+        else TFTPD_HPA_PEER
+    )
+    candidates = {"edgetftp": edgetftp_with(*options.edgetftp_args), "tftpd-hpa": reference}
     peers, skipped = [], {}
     for name in options.peers:
         reason = candidates[name].available()
@@ -577,6 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--edgetftp-arg", action="append", default=[], help="extra edgetftp flag (repeatable)"
     )
+    parser.add_argument(
+        "--reference-src",
+        metavar="CHECKOUT",
+        help="compare against another edgetftp checkout (old commit) instead of tftpd-hpa",
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="load generator on asyncio's own loop")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load generator to CPUs")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (content, server logs)")
@@ -594,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         edgetftp_args=tuple(args.edgetftp_arg),
         peers=tuple(args.peer or Options.peers),
         pin=not args.no_pin,
+        reference_src=args.reference_src,
     )
     workdir = Path(tempfile.mkdtemp(prefix="edgetftp-bench-"))
     try:
