@@ -31,7 +31,7 @@ from tests.s3support import Fault, S3Endpoint, s3_endpoint
 pytestmark = pytest.mark.integration
 
 S3_TIMEOUT, S3_RETRIES = 1.0, 2
-OPEN_TIMEOUT = max(2.0, S3_TIMEOUT * S3_RETRIES)  # what cli.server_config derives from the two
+OPEN_TIMEOUT = max(10.0, S3_TIMEOUT * S3_RETRIES)  # what cli.open_timeout derives for an S3 source
 PROMPT = OPEN_TIMEOUT + 1.5  # the source's deadline, plus scheduling slack on a busy CI machine
 CACHE_OBJECT_MAX = 256 * 1024
 LEAKS = ("InjectedFault", "s3://", "500", "503", "Service", "ClientError", "Timeout", "Connection", "boot/")

@@ -47,13 +47,19 @@ def server_config(settings: Settings) -> ServerConfig:
         client_rate=settings.client_rate,
         ipv6_prefix=settings.client_ipv6_prefix,
         policy=PathPolicy(extensions=settings.extensions),
-        # The longest a source may take to answer: its own retries included (docs/source-timeouts.md).
-        open_timeout=max(
-            2.0,
-            settings.s3_timeout * settings.s3_retries,
-            (2 * settings.origin_timeout + 1) * settings.origin_attempts,
-        ),
+        open_timeout=open_timeout(settings),
     )
+
+
+def open_timeout(settings: Settings) -> float:
+    """The longest a source may take to answer, its own retries included (docs/source-timeouts.md)."""
+    schemes = {layer.split("://", 1)[0].lower() for layer in settings.source_layers if "://" in layer}
+    longest = 10.0  # a directory: a cold read of a large file from a slow disk, on the thread pool
+    if "s3" in schemes:
+        longest = max(longest, settings.s3_timeout * settings.s3_retries)
+    if schemes & {"http", "https"}:
+        longest = max(longest, (2 * settings.origin_timeout + 1) * settings.origin_attempts)
+    return longest
 
 
 def build_source(
