@@ -51,7 +51,8 @@ export CHECKOV=/opt/checkov-venv/bin/checkov
 # A local Docker engine for the image tests, started here and stopped by its PID on exit.
 if [ "$(id -u)" = 0 ] && [ -z "${EDGETFTP_NO_DOCKER:-}" ]; then
   if bash docker/start-engine.sh; then
-    trap 'bash docker/stop-engine.sh' EXIT
+    # Images the tests rebuilt leave their old layers dangling: drop them, even after a failure.
+    trap 'docker image prune -f >/dev/null 2>&1 || true; bash docker/stop-engine.sh' EXIT
   else
     echo "note: no Docker engine could start; the image tests will be skipped" >&2
   fi
