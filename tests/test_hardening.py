@@ -153,14 +153,31 @@ def test_rrq_flood_from_one_address_cannot_starve_another(
     start_server: StartServer, content: ContentTree
 ) -> None:
     cap = 32
-    server = start_server("--max-sessions-per-client", str(cap), str(content.root))
+    http_port = free_tcp_port()
+    server = start_server(
+        "--max-sessions-per-client", str(cap), "--http-listen", f"127.0.0.1:{http_port}", str(content.root)
+    )
     flooders = [udp_socket("127.0.0.2") for _ in range(200)]
+
+    def refused_over_cap() -> float:
+        try:
+            return metric(http_port, 'edgetftp_requests_refused_total{reason="client-full"}')
+        except AssertionError:
+            return 0.0  # none refused yet
+
     try:
         for sock in flooders:
             sock.sendto(encode_request(Opcode.RRQ, "big.bin"), server.address)
         first_round: list[list[bytes]] = [[] for _ in flooders]
-        # read until every request has its answer (a DATA or an ERROR), not for a fixed time
-        assert wait_for(lambda: all(collect(first_round, flooders)), timeout=10.0, interval=0.0), first_round
+
+        # read until the server has decided every request (cap served, the rest refused and counted),
+        # not for a fixed time
+        def decided() -> bool:
+            answered = sum(map(bool, collect(first_round, flooders)))
+            return answered >= cap and refused_over_cap() >= len(flooders) - cap
+
+        assert wait_for(decided, timeout=10.0, interval=0.01), first_round
+        collect(first_round, flooders)  # anything sent before the last refusal was counted
         served = sum(any(isinstance(decode(d), Data) for d in replies) for replies in first_round)
         answered = sum(bool(replies) for replies in first_round)
         assert served == cap  # the per-client cap, exactly

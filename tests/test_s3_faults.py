@@ -141,10 +141,11 @@ def test_reset_mid_object_resumes_when_the_stream_makes_progress(
 def test_reset_mid_object_without_progress_ends_with_a_prompt_clean_error(
     endpoint: S3Endpoint, server: ServerProcess
 ) -> None:
-    """The first 100 kB arrive, then every GET is reset before its first byte: the transfer, already
-    under way, ends with an ERROR 0 within the source's deadline; the next fetch after the fault works."""
+    """The first 400 kB arrive, then every GET is reset before its first byte: the transfer, already
+    under way, ends with an ERROR 0 within the source's deadline; the next fetch after the fault works.
+    (400 kB: more than the first read asks for, a window of 64 blocks and the read-ahead.)"""
     endpoint.proxy.inject(
-        Fault("truncate", after_bytes=100_000, with_reset=True, methods=frozenset({"GET"}), times=1)
+        Fault("truncate", after_bytes=400_000, with_reset=True, methods=frozenset({"GET"}), times=1)
     )
     endpoint.proxy.inject(Fault("truncate", after_bytes=0, with_reset=True, methods=frozenset({"GET"})))
     started = time.monotonic()
