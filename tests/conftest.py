@@ -18,12 +18,16 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
 from tests import serverproc
 from tests.serverproc import ServerProcess, free_port, free_tcp_port
+
+if TYPE_CHECKING:
+    from tests.originsupport import OriginServer, RawOrigin
 
 __all__ = ["SIZES", "ContentTree", "ServerProcess", "free_port", "free_tcp_port"]
 
@@ -95,6 +99,27 @@ def shared_server(content: ContentTree) -> Iterator[ServerProcess]:
     server = ServerProcess(["--log-level", "DEBUG", str(content.root)])
     yield server
     server.stop()
+
+
+# --- a real HTTP origin (tests/originsupport.py) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def origins() -> Iterator[tuple[OriginServer, RawOrigin]]:
+    """An aiohttp origin and a raw TCP origin on loopback, shared by one test module."""
+    from tests.originsupport import running_origin  # aiohttp is imported only where an origin is used
+
+    with running_origin() as running:
+        yield running
+
+
+@pytest.fixture
+def origin(origins: tuple[OriginServer, RawOrigin]) -> OriginServer:
+    """The module's HTTP origin, running and with nothing left from the test before."""
+    server = origins[0]
+    server.start()
+    server.reset()
+    return server
 
 
 # --- layers ------------------------------------------------------------------------------------------------

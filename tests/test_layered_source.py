@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +20,11 @@ from edgetftp.sources.http import HttpSource
 from edgetftp.sources.layered import LayeredSource
 from edgetftp.sources.local import LocalSource
 from tests.conftest import ServerProcess
-from tests.originsupport import Answer, OriginServer, RawOrigin, run, running_origin
+from tests.originsupport import Answer, OriginServer, run
 from tests.rawclient import RawClient
 from tests.test_clients import fetch_with
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def origins() -> Iterator[tuple[OriginServer, RawOrigin]]:
-    with running_origin() as running:
-        yield running
-
-
-@pytest.fixture
-def origin(origins: tuple[OriginServer, RawOrigin]) -> OriginServer:
-    server = origins[0]
-    server.start()
-    server.reset()
-    return server
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from tests.originsupport import (
     RawOrigin,
     make_test_ca,
     response_bytes,
-    running_origin,
 )
 from tests.rawclient import Fetch, RawClient
 from tests.test_clients import fetch_with
@@ -48,20 +47,6 @@ HOSTILE_ACCEPTED = [
     "a;b=c&d",
 ]
 HOSTILE_REFUSED = ["../etc/passwd", "a/../../etc/passwd", "a/./b", "\\..\\x", "a//b", "..\\..\\windows"]
-
-
-@pytest.fixture(scope="module")
-def origins() -> Iterator[tuple[OriginServer, RawOrigin]]:
-    with running_origin() as running:
-        yield running
-
-
-@pytest.fixture
-def origin(origins: tuple[OriginServer, RawOrigin]) -> OriginServer:
-    server = origins[0]
-    server.start()
-    server.reset()
-    return server
 
 
 @pytest.fixture

@@ -13,14 +13,13 @@ from __future__ import annotations
 import random
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ServerProcess
 from tests.ipxe import qemu
-from tests.originsupport import OriginServer, RawOrigin, running_origin
+from tests.originsupport import OriginServer, RawOrigin
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +34,6 @@ def qemu_available() -> None:
         pytest.skip(reason)
     if not UNDIONLY.exists():
         pytest.skip(f"{UNDIONLY} is missing (apt-get install ipxe)")
-
-
-@pytest.fixture(scope="module")
-def origins() -> Iterator[tuple[OriginServer, RawOrigin]]:
-    with running_origin() as running:
-        yield running
 
 
 class TwoStageScripts:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from string import ascii_letters, digits
 from typing import Any
@@ -39,7 +38,6 @@ from tests.originsupport import (
     ipxe_script,
     response_bytes,
     run,
-    running_origin,
 )
 
 pytestmark = pytest.mark.integration
@@ -57,20 +55,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture(scope="module")
-def origins() -> Iterator[tuple[OriginServer, RawOrigin]]:
-    with running_origin() as running:
-        yield running
-
-
-@pytest.fixture
-def origin(origins: tuple[OriginServer, RawOrigin]) -> OriginServer:
-    server = origins[0]
-    server.start()
-    server.reset()
-    return server
 
 
 @pytest.fixture
