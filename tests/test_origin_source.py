@@ -395,6 +395,9 @@ class CountingObserver:
     def source_error(self, kind: str) -> None:
         self.events.append(f"error {kind}")
 
+    def resident_bytes(self, total: int) -> None:
+        self.events.append(f"resident {total}")  # the origin keeps its cache to itself: never expected
+
 
 def test_observer_sees_requests_and_cache_events(origin: OriginServer) -> None:
     clock = FakeClock()

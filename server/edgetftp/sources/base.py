@@ -53,7 +53,7 @@ class SourceObserver(Protocol):
         """One cache event: hit, miss, negative-hit, revalidated, stale-served, fetch, eviction."""
 
     def store_call(self, operation: str, failed: bool) -> None:
-        """One call to the backing store (an S3 API call), and whether it failed."""
+        """One call to the backing store (an S3 API call, an origin GET), and whether it failed."""
 
     def source_error(self, kind: str) -> None:
         """A failure of the store itself (unavailable, changed, denied-credentials), not of a request."""

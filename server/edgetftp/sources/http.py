@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from loguru import logger
@@ -38,8 +38,10 @@ from edgetftp.sources.base import (
     Content,
     FileNotFound,
     MemoryContent,
+    NullObserver,
     RequestContext,
     Source,
+    SourceObserver,
     SourceUnavailable,
 )
 from edgetftp.sources.httpcache import CachedAnswer, HttpCache, ResponsePolicy, response_policy
@@ -62,30 +64,6 @@ HEALTH_FRESH_SECONDS = 10.0
 RENEWED_HEADERS = ("Cache-Control", "Expires", "Date", "Age", "ETag", "Last-Modified", "Vary")
 
 EMPTY = memoryview(b"")
-
-
-class OriginObserver(Protocol):
-    """What the origin source reports for metrics (the same calls as the sources' observer)."""
-
-    def cache_event(self, kind: str) -> None:
-        """hit, negative-hit, miss, revalidated, stale-served."""
-
-    def store_call(self, operation: str, failed: bool) -> None:
-        """One request to the origin ("GET"), and whether it failed (no answer, or 5xx)."""
-
-    def source_error(self, kind: str) -> None:
-        """The origin itself failed ("unavailable"), not one request's answer."""
-
-
-class NullOriginObserver:
-    def cache_event(self, kind: str) -> None:
-        pass
-
-    def store_call(self, operation: str, failed: bool) -> None:
-        pass
-
-    def source_error(self, kind: str) -> None:
-        pass
 
 
 class OriginFailure(SourceUnavailable):
@@ -212,10 +190,10 @@ class OriginClient:
         options: OriginOptions,
         *,
         clock: Callable[[], float] = time.monotonic,
-        observer: OriginObserver | None = None,
+        observer: SourceObserver | None = None,
     ) -> None:
         self.options = options
-        self.observer: OriginObserver = observer or NullOriginObserver()
+        self.observer: SourceObserver = observer or NullObserver()
         self._clock = clock
         self._session: Any = None
         self._last_answer: float | None = None
@@ -623,7 +601,7 @@ def http_source_from_settings(
     url: str,
     *,
     clock: Callable[[], float] = time.monotonic,
-    observer: OriginObserver | None = None,
+    observer: SourceObserver | None = None,
 ) -> HttpSource:
     """The origin source for ``url`` (one SOURCE layer).  Nothing touches the network yet."""
     options = origin_options_from_settings(settings)
@@ -637,7 +615,6 @@ __all__ = [
     "OriginClient",
     "OriginFailure",
     "OriginLocation",
-    "OriginObserver",
     "OriginOptions",
     "OriginStream",
     "context_headers",
