@@ -156,7 +156,9 @@ class ServerProcess:
     ``ServerProcess(["--timeout", "2", root])`` runs edgetftp with those flags; pass ``command`` (see
     ``tftpd_hpa_command``) for another server.  ``prefix`` goes before the command (taskset, a cgroup
     join); ``port`` pins the port (no retry on another one); ``probe`` replaces the readiness check
-    (e.g. one run from inside a network namespace).
+    (e.g. one run from inside a network namespace).  With ``wait=False`` nothing is sent to it (a
+    server expected to refuse its settings, or one whose first datagram is the test's own): read
+    ``wait_exit`` or ``wait_for_log``.
     """
 
     def __init__(
@@ -256,6 +258,10 @@ class ServerProcess:
                 return log
             time.sleep(0.02)
         raise AssertionError(f"{text!r} not in log:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        """The exit status of a server that ends by itself (one refusing a setting exits 2)."""
+        return self.process.wait(timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Send ``sig``, wait, SIGKILL it if it lingers; then SIGKILL what is left of its process group."""

@@ -7,14 +7,13 @@ It passes on no environment of its own, hence ``-E PYTHONPATH`` (this checkout's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 
 from edgetftp.activation import ActivationError, inherited_udp_sockets
 from tests.conftest import ContentTree, free_port, free_tcp_port
+from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -55,52 +55,33 @@ def test_a_bad_count_is_an_error(count: str) -> None:
 # --- the real systemd-socket-activate ------------------------------------------------------------
 
 
-class Activated:
-    """``systemd-socket-activate -d -l LISTEN python -m edgetftp ARGS``, ended by its PID."""
+def socket_activated(listen: str, port: int, *args: str, datagram: bool = True) -> ServerProcess:
+    """``systemd-socket-activate [-d] -l LISTEN python -m edgetftp ARGS``, once it listens on ``port``.
 
-    def __init__(self, listen: str, *args: str, datagram: bool = True) -> None:
-        assert ACTIVATE is not None
-        self.output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        flags = ["-d"] if datagram else []
-        self.proc = subprocess.Popen(
-            [ACTIVATE, *flags, "-E", "PYTHONPATH", "-l", listen, sys.executable, "-m", "edgetftp", *args],
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_listening()
+    No readiness probe is sent: the test's own first datagram (or connection) starts edgetftp.
+    """
+    assert ACTIVATE is not None
+    flags = ["-d"] if datagram else []
 
-    def _wait_listening(self) -> None:
-        deadline = time.monotonic() + 10
-        while "Listening on" not in self.log():
-            assert time.monotonic() < deadline, self.log()
-            assert self.proc.poll() is None, self.log()
-            time.sleep(0.02)
+    def command(_host: str, _port: int) -> list[str]:  # the address is LISTEN, as the test wrote it
+        return [ACTIVATE, *flags, "-E", "PYTHONPATH", "-l", listen, sys.executable, "-m", "edgetftp", *args]
 
-    def log(self) -> str:
-        self.output.seek(0)
-        return self.output.read().decode(errors="replace")
-
-    def wait_exit(self) -> int:
-        return self.proc.wait(timeout=60)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.output.close()
-        return int(self.proc.returncode)
+    process = ServerProcess(command=command, name="socket-activate", port=port, wait=False)
+    try:
+        process.wait_for_log("Listening on")
+    except BaseException:
+        process.stop()
+        raise
+    return process
 
 
 @pytest.fixture
-def activated() -> Iterator[list[Activated]]:
-    started: list[Activated] = []
+def activated() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
     yield started
-    for process in started:
-        process.stop()
+    with contextlib.ExitStack() as stack:  # each one is stopped even if stopping another fails
+        for process in started:
+            stack.callback(process.stop)
 
 
 def curl(url: str) -> bytes:
@@ -117,9 +98,9 @@ def digest(data: bytes) -> str:
 
 
 @needs_activate
-def test_serves_curl_on_the_inherited_socket(content: ContentTree, activated: list[Activated]) -> None:
+def test_serves_curl_on_the_inherited_socket(content: ContentTree, activated: list[ServerProcess]) -> None:
     port = free_port()
-    process = Activated(f"127.0.0.1:{port}", str(content.root))
+    process = socket_activated(f"127.0.0.1:{port}", port, str(content.root))
     activated.append(process)
     for name in ("big.bin", "s513.bin", "pxelinux.cfg/01-aa-bb-cc-dd-ee-ff"):
         assert digest(curl(f"tftp://127.0.0.1:{port}/{name}")) == content.digests[name]
@@ -130,11 +111,11 @@ def test_serves_curl_on_the_inherited_socket(content: ContentTree, activated: li
 
 @needs_activate
 def test_a_dual_stack_inherited_socket_serves_ipv4_and_ipv6(
-    content: ContentTree, activated: list[Activated]
+    content: ContentTree, activated: list[ServerProcess]
 ) -> None:
     """``-l PORT`` hands over one [::] socket that takes IPv4 too (the issue's own command)."""
     port = free_port(socket.AF_INET6, "::")
-    process = Activated(str(port), str(content.root))
+    process = socket_activated(str(port), port, str(content.root))
     activated.append(process)
     assert digest(curl(f"tftp://127.0.0.1:{port}/s1024.bin")) == content.digests["s1024.bin"]
     assert digest(curl(f"tftp://[::1]:{port}/big.bin")) == content.digests["big.bin"]
@@ -142,17 +123,21 @@ def test_a_dual_stack_inherited_socket_serves_ipv4_and_ipv6(
 
 
 @needs_activate
-def test_per_transfer_mode_on_an_inherited_socket(content: ContentTree, activated: list[Activated]) -> None:
+def test_per_transfer_mode_on_an_inherited_socket(
+    content: ContentTree, activated: list[ServerProcess]
+) -> None:
     port = free_port()
-    process = Activated(f"127.0.0.1:{port}", "--port-mode", "per-transfer", str(content.root))
+    process = socket_activated(f"127.0.0.1:{port}", port, "--port-mode", "per-transfer", str(content.root))
     activated.append(process)
     assert digest(curl(f"tftp://127.0.0.1:{port}/x1432.bin")) == content.digests["x1432.bin"]
 
 
 @needs_activate
-def test_listen_is_refused_with_inherited_sockets(content: ContentTree, activated: list[Activated]) -> None:
+def test_listen_is_refused_with_inherited_sockets(
+    content: ContentTree, activated: list[ServerProcess]
+) -> None:
     port, other = free_port(), free_port()
-    process = Activated(f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{other}", str(content.root))
+    process = socket_activated(f"127.0.0.1:{port}", port, "--listen", f"127.0.0.1:{other}", str(content.root))
     activated.append(process)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wake:
         wake.sendto(b"\0\1boot\0octet\0", ("127.0.0.1", port))  # the first datagram starts the server
@@ -165,9 +150,9 @@ def test_listen_is_refused_with_inherited_sockets(content: ContentTree, activate
 
 
 @needs_activate
-def test_an_inherited_tcp_socket_is_refused(content: ContentTree, activated: list[Activated]) -> None:
+def test_an_inherited_tcp_socket_is_refused(content: ContentTree, activated: list[ServerProcess]) -> None:
     port = free_tcp_port()
-    process = Activated(f"127.0.0.1:{port}", str(content.root), datagram=False)
+    process = socket_activated(f"127.0.0.1:{port}", port, str(content.root), datagram=False)
     activated.append(process)
     with socket.create_connection(("127.0.0.1", port), timeout=10):
         assert process.wait_exit() == 2

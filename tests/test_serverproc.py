@@ -61,6 +61,15 @@ def test_an_edgetftp_that_cannot_start_is_an_error_with_its_log(tmp_path: Path) 
     assert "timeout" in str(failed.value)  # the server's own one-line complaint names the setting
 
 
+def test_a_server_not_waited_for_gives_its_exit_status(tmp_path: Path) -> None:
+    server = ServerProcess(["--timeout", "-1", str(tmp_path)], log_dir=tmp_path, wait=False)
+    try:
+        assert server.wait_exit() == 2
+    finally:
+        server.stop()
+    assert "timeout" in server.log()
+
+
 def test_a_silent_server_is_an_error_and_is_stopped(tmp_path: Path) -> None:
     def silent(host: str, port: int) -> list[str]:
         return [sys.executable, "-c", "import time; time.sleep(600)"]
