@@ -15,8 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ import pytest
 from edgetftp.privileges import Identity, PrivilegeError, resolve_identity
 from tests.conftest import free_port
 from tests.rawclient import RawClient
+from tests.serverproc import Command, ServerProcess, listen_spec
 
 from edgetftp.protocol import Data  # isort: skip
 
@@ -86,52 +86,36 @@ def public_content() -> Iterator[Path]:
     shutil.rmtree(root)
 
 
-class Server:
-    """``python -m edgetftp`` with the given arguments, ended by its PID."""
+def edgetftp_as(run_as: Identity | None, args: Sequence[str]) -> Command:
+    """``python -m edgetftp --listen HOST:PORT ARGS``; with ``run_as``, started as root and switched to
+    that user before main() runs (the interpreter lives under /root, closed to other users)."""
+    python = [sys.executable, "-m", "edgetftp"]
+    if run_as is not None:
+        python = [sys.executable, "-c", RUN_AS.format(uid=run_as.uid, gid=run_as.gid)]
 
-    def __init__(self, *args: str, port: int, run_as: Identity | None = None) -> None:
-        self.port = port
-        self.output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "edgetftp"]
-        if run_as is not None:
-            # The interpreter lives under /root (closed to other users): start as root, load the
-            # CLI, then become run_as before main() runs.
-            command = [sys.executable, "-c", RUN_AS.format(uid=run_as.uid, gid=run_as.gid)]
-        self.proc = subprocess.Popen(
-            [*command, "--drain-timeout", "1", *args], stdout=self.output, stderr=subprocess.STDOUT
-        )
+    def command(host: str, port: int) -> list[str]:
+        return [*python, "--drain-timeout", "1", "--listen", listen_spec(host, port), *args]
 
-    def log(self) -> str:
-        self.output.seek(0)
-        return self.output.read().decode(errors="replace")
+    return command
 
-    def wait_serving(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "serving" not in self.log():
-            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.log()}"
-            time.sleep(0.05)
-        assert "serving" in self.log(), self.log()
 
-    def wait_exit(self) -> int:
-        return self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.output.close()
+def start(
+    servers: list[ServerProcess], *args: str, port: int, run_as: Identity | None = None, wait: bool = True
+) -> ServerProcess:
+    """edgetftp on 127.0.0.1:``port``, stopped by the ``servers`` fixture; with ``wait``, once it answers
+    TFTP, else at once (one that must refuse its settings)."""
+    server = ServerProcess(command=edgetftp_as(run_as, args), port=port, wait=wait, ready_timeout=30.0)
+    servers.append(server)
+    return server
 
 
 @pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
+def servers() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
     yield started
-    for server in started:
-        server.stop()
+    with contextlib.ExitStack() as stack:  # each one is stopped even if stopping another fails
+        for server in started:
+            stack.callback(server.stop)
 
 
 def privileged_free_port() -> int:
@@ -158,7 +142,7 @@ def curl(port: int, name: str) -> bytes:
     return result.stdout
 
 
-def assert_serving_as(server: Server, identity: Identity, content: Path) -> None:
+def assert_serving_as(server: ServerProcess, identity: Identity, content: Path) -> None:
     """Open a transfer (the server has read datagrams), read its ids, then let curl fetch files."""
     with RawClient(("127.0.0.1", server.port), timeout=10) as client:
         client.rrq("big.bin")
@@ -178,32 +162,19 @@ def assert_serving_as(server: Server, identity: Identity, content: Path) -> None
 @needs_root
 @pytest.mark.parametrize("spec", ["nobody", f"{NOBODY.pw_uid}:{NOBODY.pw_gid}", "65532:65532"])
 def test_binds_a_privileged_port_then_serves_as_the_user(
-    public_content: Path, servers: list[Server], spec: str
+    public_content: Path, servers: list[ServerProcess], spec: str
 ) -> None:
     port = privileged_free_port()
-    server = Server("--listen", f"127.0.0.1:{port}", "--user", spec, str(public_content), port=port)
-    servers.append(server)
-    server.wait_serving()
+    server = start(servers, "--user", spec, str(public_content), port=port)
     assert_serving_as(server, resolve_identity(spec), public_content)
     assert "switched to" in server.log()
 
 
 @needs_root
-def test_per_transfer_ports_work_after_the_drop(public_content: Path, servers: list[Server]) -> None:
+def test_per_transfer_ports_work_after_the_drop(public_content: Path, servers: list[ServerProcess]) -> None:
     """Each transfer binds a fresh ephemeral port: no privilege needed, so it works as nobody."""
     port = privileged_free_port()
-    server = Server(
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--port-mode",
-        "per-transfer",
-        "--user",
-        "nobody",
-        str(public_content),
-        port=port,
-    )
-    servers.append(server)
-    server.wait_serving()
+    server = start(servers, "--port-mode", "per-transfer", "--user", "nobody", str(public_content), port=port)
     with RawClient(("127.0.0.1", port), timeout=10) as client:
         fetched = client.fetch("boot.ipxe")
     assert fetched.data == (public_content / "boot.ipxe").read_bytes()
@@ -211,34 +182,24 @@ def test_per_transfer_ports_work_after_the_drop(public_content: Path, servers: l
     assert_serving_as(server, Identity(NOBODY.pw_uid, NOBODY.pw_gid), public_content)
 
 
-def test_user_needs_root(public_content: Path, servers: list[Server]) -> None:
+def test_user_needs_root(public_content: Path, servers: list[ServerProcess]) -> None:
     port = free_port()
     nobody = Identity(NOBODY.pw_uid, NOBODY.pw_gid)
     run_as = nobody if os.geteuid() == 0 else None
-    server = Server(
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--user",
-        "65532:65532",
-        str(public_content),
-        port=port,
-        run_as=run_as,
+    server = start(
+        servers, "--user", "65532:65532", str(public_content), port=port, run_as=run_as, wait=False
     )
-    servers.append(server)
-    assert server.wait_exit() == 2
+    assert server.wait_exit(timeout=30) == 2
     lines = server.log().strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("edgetftp: invalid setting --user (EDGETFTP_USER): ")
     assert "needs root" in lines[0]
 
 
-def test_unknown_user_is_refused_at_start(public_content: Path, servers: list[Server]) -> None:
+def test_unknown_user_is_refused_at_start(public_content: Path, servers: list[ServerProcess]) -> None:
     port = free_port()
-    server = Server(
-        "--listen", f"127.0.0.1:{port}", "--user", "no-such-user-here", str(public_content), port=port
-    )
-    servers.append(server)
-    assert server.wait_exit() == 2
+    server = start(servers, "--user", "no-such-user-here", str(public_content), port=port, wait=False)
+    assert server.wait_exit(timeout=30) == 2
     assert server.log().strip() == (
         "edgetftp: invalid setting --user (EDGETFTP_USER): no such user: no-such-user-here"
     )
@@ -276,15 +237,11 @@ def test_a_failed_drop_refuses_to_serve(public_content: Path) -> None:
 
 
 @needs_root
-def test_already_the_user_is_accepted(public_content: Path, servers: list[Server]) -> None:
+def test_already_the_user_is_accepted(public_content: Path, servers: list[ServerProcess]) -> None:
     """``docker run --user 65532:65532`` with the image's EDGETFTP_USER=65532:65532: nothing to switch."""
     port = free_port()
     nobody = Identity(NOBODY.pw_uid, NOBODY.pw_gid)
-    server = Server(
-        "--listen", f"127.0.0.1:{port}", "--user", "nobody", str(public_content), port=port, run_as=nobody
-    )
-    servers.append(server)
-    server.wait_serving()
+    server = start(servers, "--user", "nobody", str(public_content), port=port, run_as=nobody)
     assert_serving_as(server, nobody, public_content)
 
 
