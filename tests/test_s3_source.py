@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,14 @@ from loguru import logger
 from edgetftp.cli import build_source
 from edgetftp.protocol import OptionAck
 from edgetftp.settings import Settings
-from edgetftp.sources.base import AccessDenied, Content, FileNotFound, SourceChanged, SourceUnavailable
+from edgetftp.sources.base import (
+    AccessDenied,
+    Content,
+    FileNotFound,
+    SourceChanged,
+    SourceError,
+    SourceUnavailable,
+)
 from edgetftp.sources.cache import ObjectChanged
 from edgetftp.sources.s3 import (
     HEALTH_FRESH_SECONDS,
@@ -61,8 +68,8 @@ class FakeClock:
         self.now += seconds
 
 
-def run(scenario: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(scenario())  # type: ignore[arg-type]
+def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(scenario())
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -565,7 +572,8 @@ def test_s3_errors_map_to_source_errors(
         try:
             with pytest.raises(error) as caught:
                 await source.open("x.efi")
-            assert caught.value.public_message in ("Access violation", "Source unavailable")  # type: ignore[attr-defined]
+            assert isinstance(caught.value, SourceError)
+            assert caught.value.public_message in ("Access violation", "Source unavailable")
             assert "head_object s3://" in str(caught.value)  # the detail is for the log
         finally:
             await source.aclose()

@@ -267,12 +267,12 @@ def bind_listeners(settings: Settings) -> list[socket.socket]:
     return sockets
 
 
-def _start_health(settings: Settings, is_healthy: object) -> HealthServer | None:
+def _start_health(settings: Settings, is_healthy: Callable[[], bool]) -> HealthServer | None:
     address = settings.http_address
     if address is None:
         return None
     try:
-        health = HealthServer(address.host, address.port, is_healthy)  # type: ignore[arg-type]
+        health = HealthServer(address.host, address.port, is_healthy)
     except OSError as exc:
         raise StartupError(
             f"invalid setting --http-listen (EDGETFTP_HTTP_LISTEN): cannot bind {address}: {exc.strerror}"

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from loguru import logger
@@ -347,7 +347,7 @@ class HealthServer:
                 )
                 return [b"ok\n" if healthy else b"unhealthy\n"]
             if path == "/metrics":
-                return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+                return cast(Iterable[bytes], metrics_app(environ, start_response))  # (untyped library)
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found\n"]
 
