@@ -274,6 +274,7 @@ class ServerProcess:
                 self.process.wait(timeout)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)  # its group id is its PID (start_new_session)
+            _wait_until_gone(self.process.pid, timeout)
         return int(self.process.returncode)
 
     def __enter__(self) -> ServerProcess:
@@ -303,6 +304,13 @@ def live_processes_in_sessions(sessions: Sequence[int]) -> list[int]:
         if fields is not None and fields[0] != "Z" and int(fields[3]) in wanted:
             live.append(int(pid_dir.name))
     return sorted(live)
+
+
+def _wait_until_gone(session: int, timeout: float) -> None:
+    """SIGKILL is delivered when the target next runs: on a busy machine a moment after kill() returns."""
+    deadline = time.monotonic() + timeout
+    while live_processes_in_sessions([session]) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def live_started_processes() -> list[int]:
