@@ -57,6 +57,44 @@ def fetch_with(
     return subprocess.run(command, capture_output=True, timeout=120, check=False)
 
 
+def concurrent_fetches(server: ServerProcess, name: str, out_dir: Path, clients: int) -> list[bytes]:
+    """``clients`` real client processes at once (curl, atftp and busybox in turn, blksize 1432); what
+    each one wrote (empty when it wrote nothing)."""
+    host, port = server.address
+    commands = []
+    for i in range(clients):
+        out = out_dir / f"out-{i}"
+        kind = ("curl", "atftp", "busybox")[i % 3]
+        if kind == "curl":
+            command = [
+                "curl",
+                "-sS",
+                "--tftp-blksize",
+                "1432",
+                "-o",
+                str(out),
+                f"tftp://{host}:{port}/{name}",
+            ]
+        elif kind == "atftp":
+            command = ["atftp", "--option", "blksize 1432", "-g", "-r", name, "-l", str(out), host, str(port)]
+        else:
+            command = ["busybox", "tftp", "-b", "1432", "-g", "-r", name, "-l", str(out), host, str(port)]
+        commands.append((command, out))
+    processes = [
+        (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
+        for command, out in commands
+    ]
+    try:
+        for process, _ in processes:
+            process.wait(timeout=120)
+    finally:
+        for process, _ in processes:  # a client still running after a failure is ended by its PID
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [out.read_bytes() if out.exists() else b"" for _, out in processes]
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

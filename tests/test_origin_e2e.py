@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from tests.originsupport import (
     response_bytes,
 )
 from tests.rawclient import Fetch, RawClient
-from tests.test_clients import fetch_with
+from tests.test_clients import concurrent_fetches, fetch_with
 
 pytestmark = pytest.mark.integration
 
@@ -192,37 +191,6 @@ def test_static_headers_from_the_environment_reach_the_origin_and_not_the_log(
         and request.headers["X-Fleet"] == "lab, rack 4"
     )
     assert "tok-5ecret" not in log
-
-
-def concurrent_fetches(server: ServerProcess, name: str, out_dir: Path, clients: int) -> list[bytes]:
-    """``clients`` real client processes at once (curl, atftp and busybox in turn)."""
-    host, port = server.address
-    processes = []
-    for i in range(clients):
-        out = out_dir / f"out-{i}"
-        kind = CLIENTS[i % 3]
-        if kind == "curl":
-            command = [
-                "curl",
-                "-sS",
-                "--tftp-blksize",
-                "1432",
-                "-o",
-                str(out),
-                f"tftp://{host}:{port}/{name}",
-            ]
-        elif kind == "atftp":
-            command = ["atftp", "--option", "blksize 1432", "-g", "-r", name, "-l", str(out), host, str(port)]
-        else:
-            command = ["busybox", "tftp", "-b", "1432", "-g", "-r", name, "-l", str(out), host, str(port)]
-        processes.append(
-            (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
-        )
-    results = []
-    for process, out in processes:
-        process.wait(timeout=120)
-        results.append(out.read_bytes() if out.exists() else b"")
-    return results
 
 
 def test_cacheable_file_fetched_by_50_clients_costs_one_origin_request(

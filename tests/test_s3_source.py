@@ -47,7 +47,7 @@ from edgetftp.sources.s3 import (
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient
 from tests.s3support import Fault, RecordingObserver, S3Endpoint, dummy_aws_environment, s3_endpoint
-from tests.test_clients import fetch_with
+from tests.test_clients import concurrent_fetches, fetch_with
 
 pytestmark = pytest.mark.integration
 
@@ -855,39 +855,6 @@ def test_e2e_size_probe_costs_one_head_and_no_get(
         fetched = client.fetch(name, blksize=1468)  # and the download that follows
     assert fetched.data == data
     assert (endpoint.proxy.count("HEAD", path), endpoint.proxy.count("GET", path)) == (1, 1)
-
-
-def concurrent_fetches(server: ServerProcess, name: str, out_dir: Path, clients: int) -> list[bytes]:
-    """``clients`` real client processes at once (curl, atftp and busybox in turn)."""
-    host, port = server.address
-    commands = []
-    for i in range(clients):
-        out = out_dir / f"out-{i}"
-        kind = ("curl", "atftp", "busybox")[i % 3]
-        if kind == "curl":
-            command = [
-                "curl",
-                "-sS",
-                "--tftp-blksize",
-                "1432",
-                "-o",
-                str(out),
-                f"tftp://{host}:{port}/{name}",
-            ]
-        elif kind == "atftp":
-            command = ["atftp", "--option", "blksize 1432", "-g", "-r", name, "-l", str(out), host, str(port)]
-        else:
-            command = ["busybox", "tftp", "-b", "1432", "-g", "-r", name, "-l", str(out), host, str(port)]
-        commands.append((command, out))
-    processes = [
-        (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
-        for command, out in commands
-    ]
-    results = []
-    for process, out in processes:
-        process.wait(timeout=120)
-        results.append(out.read_bytes() if out.exists() else b"")
-    return results
 
 
 def test_e2e_concurrent_clients_cost_one_get(
