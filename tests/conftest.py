@@ -79,18 +79,23 @@ def content(tmp_path_factory: pytest.TempPathFactory) -> ContentTree:
 
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., ServerProcess]]:
+def server_processes() -> Iterator[list[ServerProcess]]:
+    """Servers a test started (put them here): each is stopped at the end, even if stopping another fails."""
     started: list[ServerProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1") -> ServerProcess:
-        server = ServerProcess(list(args), env=env, host=host)
-        started.append(server)
-        return server
-
-    yield start
-    with contextlib.ExitStack() as stack:  # each one is stopped even if stopping another fails
+    yield started
+    with contextlib.ExitStack() as stack:
         for server in started:
             stack.callback(server.stop)
+
+
+@pytest.fixture
+def start_server(server_processes: list[ServerProcess]) -> Callable[..., ServerProcess]:
+    def start(*args: str, env: dict[str, str] | None = None, host: str = "127.0.0.1") -> ServerProcess:
+        server = ServerProcess(list(args), env=env, host=host)
+        server_processes.append(server)
+        return server
+
+    return start
 
 
 @pytest.fixture(scope="module")

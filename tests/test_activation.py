@@ -7,14 +7,12 @@ It passes on no environment of its own, hence ``-E PYTHONPATH`` (this checkout's
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,15 +73,6 @@ def socket_activated(listen: str, port: int, *args: str, datagram: bool = True) 
     return process
 
 
-@pytest.fixture
-def activated() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    with contextlib.ExitStack() as stack:  # each one is stopped even if stopping another fails
-        for process in started:
-            stack.callback(process.stop)
-
-
 def curl(url: str) -> bytes:
     # curl's first RRQ wakes systemd-socket-activate, which then starts Python: allow for a slow start.
     result = subprocess.run(
@@ -98,10 +87,12 @@ def digest(data: bytes) -> str:
 
 
 @needs_activate
-def test_serves_curl_on_the_inherited_socket(content: ContentTree, activated: list[ServerProcess]) -> None:
+def test_serves_curl_on_the_inherited_socket(
+    content: ContentTree, server_processes: list[ServerProcess]
+) -> None:
     port = free_port()
     process = socket_activated(f"127.0.0.1:{port}", port, str(content.root))
-    activated.append(process)
+    server_processes.append(process)
     for name in ("big.bin", "s513.bin", "pxelinux.cfg/01-aa-bb-cc-dd-ee-ff"):
         assert digest(curl(f"tftp://127.0.0.1:{port}/{name}")) == content.digests[name]
     log = process.log()
@@ -111,12 +102,12 @@ def test_serves_curl_on_the_inherited_socket(content: ContentTree, activated: li
 
 @needs_activate
 def test_a_dual_stack_inherited_socket_serves_ipv4_and_ipv6(
-    content: ContentTree, activated: list[ServerProcess]
+    content: ContentTree, server_processes: list[ServerProcess]
 ) -> None:
     """``-l PORT`` hands over one [::] socket that takes IPv4 too (the issue's own command)."""
     port = free_port(socket.AF_INET6, "::")
     process = socket_activated(str(port), port, str(content.root))
-    activated.append(process)
+    server_processes.append(process)
     assert digest(curl(f"tftp://127.0.0.1:{port}/s1024.bin")) == content.digests["s1024.bin"]
     assert digest(curl(f"tftp://[::1]:{port}/big.bin")) == content.digests["big.bin"]
     assert f"on udp [::]:{port}" in process.log()
@@ -124,21 +115,21 @@ def test_a_dual_stack_inherited_socket_serves_ipv4_and_ipv6(
 
 @needs_activate
 def test_per_transfer_mode_on_an_inherited_socket(
-    content: ContentTree, activated: list[ServerProcess]
+    content: ContentTree, server_processes: list[ServerProcess]
 ) -> None:
     port = free_port()
     process = socket_activated(f"127.0.0.1:{port}", port, "--port-mode", "per-transfer", str(content.root))
-    activated.append(process)
+    server_processes.append(process)
     assert digest(curl(f"tftp://127.0.0.1:{port}/x1432.bin")) == content.digests["x1432.bin"]
 
 
 @needs_activate
 def test_listen_is_refused_with_inherited_sockets(
-    content: ContentTree, activated: list[ServerProcess]
+    content: ContentTree, server_processes: list[ServerProcess]
 ) -> None:
     port, other = free_port(), free_port()
     process = socket_activated(f"127.0.0.1:{port}", port, "--listen", f"127.0.0.1:{other}", str(content.root))
-    activated.append(process)
+    server_processes.append(process)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wake:
         wake.sendto(b"\0\1boot\0octet\0", ("127.0.0.1", port))  # the first datagram starts the server
     assert process.wait_exit() == 2
@@ -150,10 +141,12 @@ def test_listen_is_refused_with_inherited_sockets(
 
 
 @needs_activate
-def test_an_inherited_tcp_socket_is_refused(content: ContentTree, activated: list[ServerProcess]) -> None:
+def test_an_inherited_tcp_socket_is_refused(
+    content: ContentTree, server_processes: list[ServerProcess]
+) -> None:
     port = free_tcp_port()
     process = socket_activated(f"127.0.0.1:{port}", port, str(content.root), datagram=False)
-    activated.append(process)
+    server_processes.append(process)
     with socket.create_connection(("127.0.0.1", port), timeout=10):
         assert process.wait_exit() == 2
     refusals = [line for line in process.log().splitlines() if line.startswith("edgetftp:")]

@@ -100,22 +100,17 @@ def edgetftp_as(run_as: Identity | None, args: Sequence[str]) -> Command:
 
 
 def start(
-    servers: list[ServerProcess], *args: str, port: int, run_as: Identity | None = None, wait: bool = True
+    server_processes: list[ServerProcess],
+    *args: str,
+    port: int,
+    run_as: Identity | None = None,
+    wait: bool = True,
 ) -> ServerProcess:
-    """edgetftp on 127.0.0.1:``port``, stopped by the ``servers`` fixture; with ``wait``, once it answers
-    TFTP, else at once (one that must refuse its settings)."""
+    """edgetftp on 127.0.0.1:``port``, stopped by the ``server_processes`` fixture; with ``wait``, once
+    it answers TFTP, else at once (one that must refuse its settings)."""
     server = ServerProcess(command=edgetftp_as(run_as, args), port=port, wait=wait, ready_timeout=30.0)
-    servers.append(server)
+    server_processes.append(server)
     return server
-
-
-@pytest.fixture
-def servers() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    with contextlib.ExitStack() as stack:  # each one is stopped even if stopping another fails
-        for server in started:
-            stack.callback(server.stop)
 
 
 def privileged_free_port() -> int:
@@ -162,19 +157,23 @@ def assert_serving_as(server: ServerProcess, identity: Identity, content: Path) 
 @needs_root
 @pytest.mark.parametrize("spec", ["nobody", f"{NOBODY.pw_uid}:{NOBODY.pw_gid}", "65532:65532"])
 def test_binds_a_privileged_port_then_serves_as_the_user(
-    public_content: Path, servers: list[ServerProcess], spec: str
+    public_content: Path, server_processes: list[ServerProcess], spec: str
 ) -> None:
     port = privileged_free_port()
-    server = start(servers, "--user", spec, str(public_content), port=port)
+    server = start(server_processes, "--user", spec, str(public_content), port=port)
     assert_serving_as(server, resolve_identity(spec), public_content)
     assert "switched to" in server.log()
 
 
 @needs_root
-def test_per_transfer_ports_work_after_the_drop(public_content: Path, servers: list[ServerProcess]) -> None:
+def test_per_transfer_ports_work_after_the_drop(
+    public_content: Path, server_processes: list[ServerProcess]
+) -> None:
     """Each transfer binds a fresh ephemeral port: no privilege needed, so it works as nobody."""
     port = privileged_free_port()
-    server = start(servers, "--port-mode", "per-transfer", "--user", "nobody", str(public_content), port=port)
+    server = start(
+        server_processes, "--port-mode", "per-transfer", "--user", "nobody", str(public_content), port=port
+    )
     with RawClient(("127.0.0.1", port), timeout=10) as client:
         fetched = client.fetch("boot.ipxe")
     assert fetched.data == (public_content / "boot.ipxe").read_bytes()
@@ -182,12 +181,12 @@ def test_per_transfer_ports_work_after_the_drop(public_content: Path, servers: l
     assert_serving_as(server, Identity(NOBODY.pw_uid, NOBODY.pw_gid), public_content)
 
 
-def test_user_needs_root(public_content: Path, servers: list[ServerProcess]) -> None:
+def test_user_needs_root(public_content: Path, server_processes: list[ServerProcess]) -> None:
     port = free_port()
     nobody = Identity(NOBODY.pw_uid, NOBODY.pw_gid)
     run_as = nobody if os.geteuid() == 0 else None
     server = start(
-        servers, "--user", "65532:65532", str(public_content), port=port, run_as=run_as, wait=False
+        server_processes, "--user", "65532:65532", str(public_content), port=port, run_as=run_as, wait=False
     )
     assert server.wait_exit(timeout=30) == 2
     lines = server.log().strip().splitlines()
@@ -196,9 +195,13 @@ def test_user_needs_root(public_content: Path, servers: list[ServerProcess]) -> 
     assert "needs root" in lines[0]
 
 
-def test_unknown_user_is_refused_at_start(public_content: Path, servers: list[ServerProcess]) -> None:
+def test_unknown_user_is_refused_at_start(
+    public_content: Path, server_processes: list[ServerProcess]
+) -> None:
     port = free_port()
-    server = start(servers, "--user", "no-such-user-here", str(public_content), port=port, wait=False)
+    server = start(
+        server_processes, "--user", "no-such-user-here", str(public_content), port=port, wait=False
+    )
     assert server.wait_exit(timeout=30) == 2
     assert server.log().strip() == (
         "edgetftp: invalid setting --user (EDGETFTP_USER): no such user: no-such-user-here"
@@ -237,11 +240,11 @@ def test_a_failed_drop_refuses_to_serve(public_content: Path) -> None:
 
 
 @needs_root
-def test_already_the_user_is_accepted(public_content: Path, servers: list[ServerProcess]) -> None:
+def test_already_the_user_is_accepted(public_content: Path, server_processes: list[ServerProcess]) -> None:
     """``docker run --user 65532:65532`` with the image's EDGETFTP_USER=65532:65532: nothing to switch."""
     port = free_port()
     nobody = Identity(NOBODY.pw_uid, NOBODY.pw_gid)
-    server = start(servers, "--user", "nobody", str(public_content), port=port, run_as=nobody)
+    server = start(server_processes, "--user", "nobody", str(public_content), port=port, run_as=nobody)
     assert_serving_as(server, nobody, public_content)
 
 
