@@ -18,7 +18,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from tests.conftest import free_port
-from tests.rawclient import RawClient
+from tests.rawclient import Fetch, RawClient
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +96,21 @@ def test_the_minimums_are_what_got_installed(min_venv: Path) -> None:
     assert all(installed[name].startswith(version) for name, version in bounds.items()), installed
 
 
+def fetch_once_started(
+    proc: subprocess.Popen[str], port: int, name: str, *, attempts: int, timeout: float
+) -> Fetch | None:
+    """Fetch ``name`` from the server starting on 127.0.0.1:``port``, asking again while it is silent;
+    None when it never answered or exited first."""
+    for _ in range(attempts):
+        with RawClient(("127.0.0.1", port), timeout=timeout) as client:
+            try:
+                return client.fetch(name)
+            except TimeoutError:
+                if proc.poll() is not None:
+                    return None
+    return None
+
+
 def test_the_server_serves_a_file_with_the_lowest_versions(min_venv: Path) -> None:
     port = free_port()
     content = REPO / "content"
@@ -112,15 +127,7 @@ def test_the_server_serves_a_file_with_the_lowest_versions(min_venv: Path) -> No
         text=True,
     )
     try:
-        fetched = None
-        for _ in range(150):
-            with RawClient(("127.0.0.1", port), timeout=0.2) as client:
-                try:
-                    fetched = client.fetch("boot.ipxe")
-                    break
-                except TimeoutError:
-                    if proc.poll() is not None:
-                        break
+        fetched = fetch_once_started(proc, port, "boot.ipxe", attempts=150, timeout=0.2)
         assert fetched is not None, f"no answer; exit {proc.poll()}"
         assert fetched.data == (content / "boot.ipxe").read_bytes()
     finally:
@@ -174,15 +181,7 @@ def test_an_s3_source_with_the_lowest_s3_extra_serves_a_file(tmp_path: Path) -> 
             text=True,
         )
         try:
-            fetched = None
-            for _ in range(100):
-                with RawClient(("127.0.0.1", port), timeout=0.3) as client:
-                    try:
-                        fetched = client.fetch("boot.ipxe")
-                        break
-                    except TimeoutError:
-                        if proc.poll() is not None:
-                            break
+            fetched = fetch_once_started(proc, port, "boot.ipxe", attempts=100, timeout=0.3)
         finally:
             proc.terminate()
             output, _ = proc.communicate(timeout=15)
