@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from edgetftp.sources.base import Source
 from tests.serverproc import READY_PROBE_NAME
 
 T = TypeVar("T")
@@ -305,3 +306,16 @@ def response_bytes(status: str, headers: dict[str, str], body: bytes = b"") -> b
 
 def run(scenario: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+def with_source(source: Source, scenario: Callable[[], Awaitable[T]]) -> T:
+    """Run ``scenario`` with ``source`` started, and closed afterwards whatever happens."""
+
+    async def wrapped() -> T:
+        await source.start()
+        try:
+            return await scenario()
+        finally:
+            await source.aclose()
+
+    return run(wrapped)

@@ -20,7 +20,7 @@ from edgetftp.sources.http import HttpSource
 from edgetftp.sources.layered import LayeredSource
 from edgetftp.sources.local import LocalSource
 from tests.conftest import ServerProcess
-from tests.originsupport import Answer, OriginServer, run
+from tests.originsupport import Answer, OriginServer, with_source
 from tests.rawclient import RawClient
 from tests.test_clients import fetch_with
 
@@ -52,17 +52,6 @@ def ctx(name: str) -> RequestContext:
 def body(content: Content) -> bytes:
     assert content.memory is not None
     return bytes(content.memory)
-
-
-def with_source(source: LayeredSource, scenario: Any) -> Any:
-    async def wrapped() -> Any:
-        await source.start()
-        try:
-            return await scenario()
-        finally:
-            await source.aclose()
-
-    return run(wrapped)
 
 
 def test_settings_build_the_layers_in_order(baked: Path, origin: OriginServer) -> None:

@@ -37,7 +37,7 @@ from tests.originsupport import (
     RawOrigin,
     ipxe_script,
     response_bytes,
-    run,
+    with_source,
 )
 
 pytestmark = pytest.mark.integration
@@ -98,17 +98,6 @@ async def read_all(content: Content) -> bytes:
 
 async def fetch(source: HttpSource, path: str, context: RequestContext | None = None) -> bytes:
     return await read_all(await source.open_for(path, context or ctx(name=path)))
-
-
-def with_source(source: HttpSource, scenario: Any) -> Any:
-    async def wrapped() -> Any:
-        await source.start()
-        try:
-            return await scenario()
-        finally:
-            await source.aclose()
-
-    return run(wrapped)
 
 
 # --- URLs, headers, policies (no network) ---
