@@ -714,3 +714,31 @@ def test_acks_sooner_than_the_round_trip_allows_neither_grow_nor_prove() -> None
     assert transfer.snapshot().window == 2
     assert blocks(ack(transfer, 3, 0.2)) == [5, 6, 7]  # plausible
     assert transfer.snapshot().window == 4
+
+
+def test_a_budget_wait_always_ends_later_and_the_transfer_completes() -> None:
+    """Refilling to exactly one datagram's worth leaves a float a hair short: the wait for it must
+    still lie in the future, or the driver's timer fires at once, forever (200 clients behind one NAT
+    sharing a budget spun the server that way)."""
+    from edgetftp.protocol.budget import SendBudget
+
+    now, acked = 0.0, 0
+    budget = SendBudget(300_000, 300_000, now)
+    data = bytes(1 << 20)
+    transfer = ReadTransfer(ReadRequest("f", "octet", {}), TransferConfig(), 65464, now, budget=budget)
+    transfer.accept(len(data), now)
+    transfer.feed(data, eof=True, now=now)
+    while not transfer.ended:
+        packets = sent(transfer)
+        for block in blocks(packets):
+            acked = block if block == acked + 1 else acked
+            now += 0.0001
+            transfer.receive_datagram(encode_ack(acked), now)
+        if not packets:
+            deadline = transfer.get_timer()
+            assert deadline is not None and deadline > now, (deadline, now)
+            now = deadline
+            transfer.handle_timer(now)
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.COMPLETED and acked == 2049
+    assert now >= (len(data) - 300_000) / 300_000  # paced by the budget, not faster

@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import math
 
+#: The shortest wait for the budget, in seconds (the drivers' timers are coarser than this anyway).
+MIN_WAIT = 0.001
+#: Bytes of slack for the bucket's floating-point arithmetic.
+_SLOP = 1e-6
+
 
 class SendBudget:
     """A token bucket of bytes (pure: the caller passes ``now``)."""
@@ -38,18 +43,25 @@ class SendBudget:
         if now > self._when:
             tokens = min(self._burst, tokens + (now - self._when) * self._rate)
             self._when = now
-        if tokens < size:
+        if tokens < size - _SLOP:
             self._tokens = tokens
             return False
         self._tokens = tokens - size
         return True
 
     def ready_at(self, size: int, now: float) -> float:
+        """When ``take(size)`` succeeds: strictly later than ``now`` whenever it would fail now.
+
+        (A wait of a rounding error comes back as ``now`` itself: a timer that fires at once, forever.
+        200 clients behind one address sharing a budget found it.)
+        """
         self._refill(now)
         missing = size - self._tokens
-        if missing <= 0:
+        if missing <= _SLOP:
             return now
-        return now + missing / self._rate if self._rate > 0 else math.inf
+        if self._rate <= 0:
+            return math.inf
+        return now + max(missing / self._rate, MIN_WAIT)
 
     def full_at(self, now: float) -> bool:
         self._refill(now)
