@@ -107,12 +107,14 @@ def needs_atftp() -> None:
 def test_200_concurrent_clients_behind_one_address_all_boot(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    """Issue 11's rack: 200 ``atftp --get`` of 1 MiB from one address with the default per-client
-    cap (128).  The 72 over the cap hear nothing, retry, and are served when slots free up."""
+    """Issue 11's rack: 200 ``atftp --get`` of 1 MiB from one address with a per-client cap of 128
+    (the default is 512): the 72 over the cap hear nothing, retry, and are served when slots free up."""
     needs_atftp()
     expected = boot_file(tmp_path / "root")
     http_port = free_tcp_port()
-    server = start_server("--http-listen", f"127.0.0.1:{http_port}", str(tmp_path / "root"))
+    server = start_server(
+        "--max-sessions-per-client", "128", "--http-listen", f"127.0.0.1:{http_port}", str(tmp_path / "root")
+    )
     storm = atftp_storm(server.address, "boot.bin", expected, 200, tmp_path / "out")
     print(storm.line("edgetftp 200 from one address"))
     assert storm.completed == 200
@@ -212,26 +214,35 @@ def run_storm_against(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("clients", [200, 500])
-def test_one_address_storm_against_tftpd_hpa(tmp_path: Path, clients: int) -> None:
-    """Benchmark: completed count and p99 from one address, edgetftp (defaults) vs tftpd-hpa."""
+def test_one_address_storm_against_tftpd_hpa(tmp_path: Path) -> None:
+    """200 from one address, defaults, beside tftpd-hpa in the same run: every edgetftp client completes.
+
+    The 500-client figures (a benchmark, not an assertion: on this 2-core machine 500 atftp
+    processes and the server share the CPU) come from ``python -m tests.test_transport_storm 500``.
+    """
+    storms = compare_with_tftpd_hpa(tmp_path, 200)
+    for label, storm in storms.items():
+        print(storm.line(f"{label:26} 200 from one address"))
+    assert storms["edgetftp (defaults)"].completed == 200
+
+
+def compare_with_tftpd_hpa(tmp_path: Path, clients: int) -> dict[str, Storm]:
+    """edgetftp with its defaults and with ``--client-rate 0`` (tftpd-hpa has no per-address rate),
+    and tftpd-hpa, each stormed by ``clients`` atftp from one address."""
     needs_atftp()
     if TFTPD_HPA_PEER.available() is not None:
         pytest.skip(str(TFTPD_HPA_PEER.available()))
     expected = boot_file(tmp_path / "root")
     root = str(tmp_path / "root")
-    port = free_port()
-    edgetftp = [
-        sys.executable,
-        "-m",
-        "edgetftp",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--drain-timeout",
-        "0",
-        root,
-    ]
-    ours = run_storm_against(edgetftp, ("127.0.0.1", port), expected, clients, tmp_path / "ours")
+
+    def edgetftp(*extra: str) -> Storm:
+        port = free_port()
+        command = [sys.executable, "-m", "edgetftp", "--listen", f"127.0.0.1:{port}", "--drain-timeout", "0"]
+        out = tmp_path / f"ours{len(extra)}"
+        return run_storm_against([*command, *extra, root], ("127.0.0.1", port), expected, clients, out)
+
+    defaults = edgetftp()
+    unlimited = edgetftp("--client-rate", "0")
     port = free_port()
     theirs = run_storm_against(
         TFTPD_HPA_PEER.command("127.0.0.1", port, root),
@@ -240,6 +251,13 @@ def test_one_address_storm_against_tftpd_hpa(tmp_path: Path, clients: int) -> No
         clients,
         tmp_path / "hpa",
     )
-    print(ours.line(f"edgetftp  {clients} from one address"))
-    print(theirs.line(f"tftpd-hpa {clients} from one address"))
-    assert ours.completed >= min(clients, theirs.completed)
+    return {"edgetftp (defaults)": defaults, "edgetftp --client-rate 0": unlimited, "tftpd-hpa": theirs}
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgetftp-storm-") as scratch:
+        count = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+        for label, storm in compare_with_tftpd_hpa(Path(scratch), count).items():
+            print(storm.line(f"{label:26} {count} from one address"))

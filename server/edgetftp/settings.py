@@ -186,10 +186,12 @@ class Settings(BaseModel):
         2000, ge=1, le=1_000_000, description="concurrent transfers in total", json_schema_extra=_meta("N")
     )
     max_sessions_per_client: int = Field(
-        128,
+        512,
         ge=1,
         le=1_000_000,
-        description="concurrent transfers per client IP address (a lab behind one NAT shares it)",
+        description=(
+            "concurrent transfers per client (IPv4 address or IPv6 prefix; a rack behind one NAT shares it)"
+        ),
         json_schema_extra=_meta("N"),
     )
     client_rate: int = Field(

@@ -38,7 +38,7 @@ class ServerConfig:
     max_blksize: int = 65464
     transfer: TransferConfig = field(default_factory=TransferConfig)
     max_sessions: int = 2000
-    max_sessions_per_client: int = 128
+    max_sessions_per_client: int = 512
     client_rate: int = 0  # bytes per second per client (address or IPv6 prefix); 0: no limit
     client_burst: float = 1.0  # seconds of client_rate a client may receive at once
     ipv6_prefix: int = 64  # IPv6 clients share limits per prefix of this length (one site = one /64)
