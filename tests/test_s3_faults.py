@@ -153,7 +153,9 @@ def test_reset_mid_object_without_progress_ends_with_a_prompt_clean_error(
         fetched = client.fetch("big.img", blksize=1432)
     elapsed = time.monotonic() - started
     assert_clean_error(fetched.error)
-    assert fetched.oack is not None and fetched.blocks > 0  # it failed mid-transfer, not at the open
+    # The OACK came, so the object resolved and the transfer was under way: it failed mid-object,
+    # not at the open (how many blocks reached the client depends on read sizes and timing).
+    assert fetched.oack is not None
     assert elapsed <= PROMPT + 1.0, elapsed
     endpoint.proxy.clear_faults()
     recovered, _ = timed_fetch(server, "big.img")

@@ -213,25 +213,11 @@ def run_storm_against(
         proc.wait(10)
 
 
-@pytest.mark.slow
-def test_one_address_storm_against_tftpd_hpa(tmp_path: Path) -> None:
-    """200 from one address, defaults, beside tftpd-hpa in the same run: every edgetftp client completes.
-
-    The 500-client figures (a benchmark, not an assertion: on this 2-core machine 500 atftp
-    processes and the server share the CPU) come from ``python -m tests.test_transport_storm 500``.
-    """
-    storms = compare_with_tftpd_hpa(tmp_path, 200)
-    for label, storm in storms.items():
-        print(storm.line(f"{label:26} 200 from one address"))
-    assert storms["edgetftp (defaults)"].completed == 200
-
-
 def compare_with_tftpd_hpa(tmp_path: Path, clients: int) -> dict[str, Storm]:
-    """edgetftp with its defaults and with ``--client-rate 0`` (tftpd-hpa has no per-address rate),
-    and tftpd-hpa, each stormed by ``clients`` atftp from one address."""
-    needs_atftp()
-    if TFTPD_HPA_PEER.available() is not None:
-        pytest.skip(str(TFTPD_HPA_PEER.available()))
+    """A benchmark, not a test (2 cores shared by hundreds of atftp processes make completion under
+    load a figure, not a property; the rack test above is the property): edgetftp with its defaults
+    and with ``--client-rate 0`` (tftpd-hpa has no per-address rate), and tftpd-hpa, each stormed by
+    ``clients`` atftp from one address.  ``python -m tests.test_transport_storm 500``."""
     expected = boot_file(tmp_path / "root")
     root = str(tmp_path / "root")
 
