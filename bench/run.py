@@ -426,7 +426,8 @@ def run_benchmark(options: Options, workdir: Path) -> Outcome:
     medians = {name: _medians(peer_runs) for name, peer_runs in runs.items()}
     for name, values in startups.items():
         medians[name]["startup_s"] = median_of_runs([{"v": value} for value in values], "v")
-    table = render_table(metrics_for(sizes), medians)
+    columns = [peer.name for peer in peers] if len(peers) == 2 else ["edgetftp", "tftpd-hpa"]
+    table = render_table(metrics_for(sizes), medians, columns)
     facts = machine_facts(options.use_uvloop) | {"pinned": pinned, "quick": options.quick}
     outcome = Outcome(medians, runs, startups, skipped, table, ctx.raw, facts)
     if options.results_dir is not None:
