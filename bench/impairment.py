@@ -144,6 +144,9 @@ class ProxyStats:
 Tap = Callable[[Direction, bytes, Addr, Addr], None]
 """Called for each datagram as it arrives, before impairment: (direction, data, client, server)."""
 
+Spare = Callable[[Direction, bytes], bool]
+"""True for a datagram that must not be dropped or duplicated: (direction, data)."""
+
 
 def _plain(addr: Any) -> Addr:
     """Flatten an IPv6 4-tuple to (host, port) so it can be compared and used as a key."""
@@ -213,8 +216,13 @@ class ImpairmentProxy:
         seed: int | str = 0,
         idle_timeout: float = 120.0,
         tap: Tap | None = None,
+        spare: Spare | None = None,
     ) -> None:
-        """The keyword impairments apply to both directions unless ``to_server``/``to_client`` is given."""
+        """The keyword impairments apply to both directions unless ``to_server``/``to_client`` is given.
+
+        ``spare`` picks datagrams that are never dropped or duplicated (still delayed and reordered):
+        for clients that cannot survive losing or seeing twice a particular packet.
+        """
         both = Impairment(loss, duplicate, reorder, reorder_hold_ms, delay_ms, jitter_ms)
         self.impairments = {
             Direction.TO_SERVER: to_server or both,
@@ -225,6 +233,7 @@ class ImpairmentProxy:
         self._rngs = {d: random.Random(f"{seed}:{d.value}") for d in Direction}
         self._idle_timeout = idle_timeout
         self._tap = tap
+        self._spare = spare
         self.stats = ProxyStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listen_sock: socket.socket | None = None
@@ -371,10 +380,11 @@ class ImpairmentProxy:
         config = self.impairments[direction]
         rng = self._rngs[direction]
         draws = [rng.random() for _ in range(DRAWS_PER_DATAGRAM)]  # fixed count: fate depends on order only
-        if draws[0] < config.loss:
+        spared = self._spare is not None and self._spare(direction, data)
+        if draws[0] < config.loss and not spared:
             stats.dropped += 1
             return
-        copies = 2 if draws[1] < config.duplicate else 1
+        copies = 2 if draws[1] < config.duplicate and not spared else 1
         if copies == 2:
             stats.duplicated += 1
         path = self._path(flow, direction, server)

@@ -174,17 +174,24 @@ def make_cpu_meter(label: str, allow_cgroups: bool = True) -> CpuMeter:
 # --- process helpers --------------------------------------------------------------------------------------
 
 
+def children(pid: int) -> list[int]:
+    """The children of all of ``pid``'s threads; none once it has exited (even while we look)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):  # the process or a thread can end between two reads
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                found += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return found
+
+
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid`` (children of all its threads, recursively)."""
     found: list[int] = []
     pending = [pid]
     while pending:
-        current = pending.pop()
-        for children_file in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                for child in children_file.read_text().split():
-                    found.append(int(child))
-                    pending.append(int(child))
+        for child in children(pending.pop()):
+            found.append(child)
+            pending.append(child)
     return found
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from bench.peers import descendants
 from tests import serverproc
 from tests.serverproc import ServerProcess, free_port, free_tcp_port
 
@@ -185,18 +186,14 @@ def session_temp_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def _live_children(pid: int) -> list[int]:
     """Live (non-zombie) descendants of ``pid``."""
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        for children_file in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                for child in map(int, children_file.read_text().split()):
-                    pending.append(child)
-                    with contextlib.suppress(OSError):
-                        if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                            found.append(child)
-    return found
+    return [child for child in descendants(pid) if not _is_zombie(child)]
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True  # gone already: nothing left behind
 
 
 def leftover_processes() -> list[int]:

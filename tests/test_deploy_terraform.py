@@ -402,7 +402,7 @@ output "ipv4" {{ value = module.fly_ipv4.ipv4 }}
 # --- checkov -------------------------------------------------------------------------------------
 
 
-def test_checkov_finds_no_misconfiguration() -> None:
+def test_checkov_finds_no_misconfiguration(tmp_path: Path) -> None:
     checkov = os.environ.get("CHECKOV") or shutil.which("checkov")
     if checkov is None:
         pytest.skip("checkov not installed (a venv: pip install checkov; point CHECKOV at its binary)")
@@ -412,6 +412,7 @@ def test_checkov_finds_no_misconfiguration() -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its parser (lark) leaves a grammar cache there
     )
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]

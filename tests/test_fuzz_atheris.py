@@ -66,5 +66,8 @@ def test_inputs_the_fuzzer_once_failed_on_pass(path: Path) -> None:
 
     idle-timer-after-resends: after its resends were spent the session woke every RTO until its
     give-up time (76 wake-ups, 30 s); it now sleeps until the give-up time.
+    netascii-restart-after-forgotten-marks: ACK 0 after progress restarted a netascii session, then a
+    stale ACK 10 moved it to block 11, whose start had been forgotten (LocalProtocolError); netascii
+    sessions no longer restart.
     """
     run_one(path.read_bytes())

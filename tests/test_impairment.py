@@ -279,6 +279,24 @@ def test_a_held_datagram_with_no_successor_leaves_after_the_hold_time(echo: Echo
     assert (stats.to_server.held, stats.to_server.reordered) == (1, 0)
 
 
+def test_spared_datagrams_are_never_dropped_or_duplicated(echo: EchoServer) -> None:
+    count = 1000
+
+    def even(direction: Direction, data: bytes) -> bool:
+        return int(data) % 2 == 0
+
+    with ImpairmentProxy.start_in_thread(echo.address, loss=0.3, duplicate=0.3, seed=3, spare=even) as proxy:
+        sock = client_socket()
+        send_numbered(sock, proxy.address, count)
+        received = Counter(collect(sock))
+        stats = proxy.stats()
+        sock.close()
+    assert all(received[n] == 1 for n in range(0, count, 2))  # spared both ways
+    odd = [received[n] for n in range(1, count, 2)]
+    assert odd.count(0) > 0 and max(odd) > 1  # the others still meet loss and duplication
+    assert stats.to_server.dropped > 0 and stats.to_client.duplicated > 0
+
+
 def run_lossy_sequence(echo: EchoServer, seed: int) -> list[int]:
     with ImpairmentProxy.start_in_thread(echo.address, loss=0.2, duplicate=0.2, seed=seed) as proxy:
         sock = client_socket()

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgetftp.cli import build_layer
 from edgetftp.policy import PolicyError, normalize
 from edgetftp.settings import Settings
 from edgetftp.sources.base import AccessDenied, Content, FileNotFound, RequestContext, SourceUnavailable
@@ -26,7 +27,6 @@ from edgetftp.sources.http import (
     HttpSource,
     OriginFailure,
     context_headers,
-    http_source_from_settings,
     parse_header_line,
     parse_origin_url,
 )
@@ -68,7 +68,9 @@ def make_source(
     url: str, clock: FakeClock | None = None, tmp: Path | None = None, **overrides: Any
 ) -> HttpSource:
     settings = Settings(source=url, origin_timeout=1.0, **overrides)
-    return http_source_from_settings(settings, url, clock=clock or FakeClock())
+    source = build_layer(settings, url, clock=clock or FakeClock())
+    assert isinstance(source, HttpSource)
+    return source
 
 
 def ctx(ip: str = "192.0.2.10", port: int = 2000, name: str = "boot.ipxe", **options: str) -> RequestContext:
@@ -394,7 +396,8 @@ def test_observer_sees_requests_and_cache_events(origin: OriginServer) -> None:
     observer = CountingObserver()
     options: dict[str, Any] = {"source": origin.prefix(), "origin_timeout": 1.0, "origin_attempts": 1}
     settings = Settings(**options)
-    source = http_source_from_settings(settings, origin.prefix(), clock=clock, observer=observer)
+    source = build_layer(settings, origin.prefix(), clock=clock, observer=observer)
+    assert isinstance(source, HttpSource)
 
     async def scenario() -> None:
         await fetch(source, "a.cfg")

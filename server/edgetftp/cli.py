@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -20,6 +22,9 @@ from edgetftp.protocol.transfer import TransferConfig
 from edgetftp.settings import Settings, SettingsFailure, load_settings
 from edgetftp.sources.base import Source, SourceObserver, SourceUnavailable
 from edgetftp.transport import ServerConfig, TftpServer
+
+if TYPE_CHECKING:
+    from edgetftp.sources.http import OriginOptions
 
 HEALTH_CHECK_INTERVAL = 10.0  # seconds between source checks for /healthz
 HEALTH_RETRY_INTERVAL = 1.0  # seconds between checks while the source is unhealthy
@@ -114,9 +119,16 @@ def build_layer(
         )
         return build_s3_source(layer, options, limits, clock=clock, observer=observer)
     if scheme in ("http", "https"):
-        from edgetftp.sources.http import http_source_from_settings  # see require_source_extras
+        from edgetftp.sources.http import build_http_source  # see require_source_extras
 
-        return http_source_from_settings(settings, layer, clock=clock, observer=observer)
+        return build_http_source(
+            layer,
+            origin_options(settings),
+            cache_bytes=settings.cache_bytes,
+            object_max=settings.cache_object_max,
+            clock=clock,
+            observer=observer,
+        )
     from edgetftp.sources.local import LocalSource
 
     try:
@@ -130,6 +142,21 @@ def build_layer(
     except OSError as exc:
         detail = f"cannot open {layer}: {exc.strerror}"
         raise StartupError(f"invalid SOURCE (EDGETFTP_SOURCE): {detail}") from None
+
+
+def origin_options(settings: Settings) -> OriginOptions:
+    from edgetftp.sources.http import OriginOptions, parse_header_line
+
+    return OriginOptions(
+        timeout=settings.origin_timeout,
+        attempts=settings.origin_attempts,
+        pool=settings.origin_pool,
+        buffer_max=settings.origin_buffer_max,
+        stale_if_error_max=settings.origin_stale_if_error,
+        cross_host_redirects=settings.origin_cross_host_redirects,
+        static_headers=tuple(parse_header_line(line) for line in settings.origin_header),
+        region=os.environ.get("FLY_REGION") or None,
+    )
 
 
 async def start_source(settings: Settings, source: Source) -> bool:

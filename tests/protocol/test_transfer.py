@@ -429,6 +429,23 @@ def test_negotiated_windows_are_always_sent_whole() -> None:
     assert blocks(sent(transfer)) == list(range(9, 17))
 
 
+def test_a_stalled_rfc7440_window_is_resent_once_then_left_to_the_receivers_timeout() -> None:
+    """atftp through a lossy relay: its ACK of a window was lost.  It holds the blocks we would resend
+    one at a time and ignores them, and each one restarts its timer, so single-block resends kept it
+    silent until we gave up.  One whole window, then silence, lets its timeout re-ACK."""
+    transfer = make(b"s" * 512 * 40, {"windowsize": "8"})
+    sent(transfer)
+    ack(transfer, 0, 0.0)
+    assert blocks(ack(transfer, 8, 0.1)) == list(range(9, 17))  # proven; its ACK 16 is lost
+    resent: list[int] = []
+    while (deadline := transfer.get_timer()) is not None and deadline < 5.0:
+        transfer.handle_timer(deadline)
+        resent += blocks(sent(transfer))
+    assert resent == list(range(9, 17))  # once, whole
+    assert transfer.get_timer() == pytest.approx(0.1 + retransmission_schedule(CONFIG).give_up)
+    assert blocks(ack(transfer, 16, 5.1)) == list(range(17, 25))  # its timeout re-ACK: the next window
+
+
 def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
     transfer = make(b"p" * 512 * 20, config=TransferConfig(anticipate=4))
     sent(transfer)

@@ -30,8 +30,9 @@ only a timeout, or an RFC 7440 gap ACK, resends.
 
 Reflection (TFTP has no handshake; see docs/hardening.md): until the client's first ACK only the
 first reply is sent, and only the client's repeated RRQ brings it again (``request_repeated``).  A
-stalled window is resent whole at most once (RFC 7440) or not at all (anticipation); after that a
-timeout resends only the first unacknowledged block, at most ``retries`` times per stall.  Every DATA
+stalled RFC 7440 window is resent whole once by our timer, then only for the receiver's own timeout
+re-ACK; a stalled anticipation window is resent halved once, then the first unacknowledged block
+alone, at most ``retries`` times per stall.  Every DATA
 is paid from the client address's ``SendBudget`` first; a refused one is neither queued nor
 counted, and the timer is set to when the budget allows it.  The silence tolerated before giving up
 is capped by ``max_silence`` whatever timeout the client negotiated, and is shorter before the
@@ -65,6 +66,7 @@ TIMING_INTERVAL = 8  # blocks between two round-trip samples
 CEILING_RECOVERY = 4  # clean windows (of the full size) before a lowered window ceiling rises by one
 INITIAL_WINDOW = 2  # blocks beyond the first ACK for a lock-step client: an unproven address
 UNPROVEN_RESENDS = 1  # timeout resends per stall until a second ACK has made progress
+WINDOWED_RESENDS = 1  # timeout resends per stall of an RFC 7440 window; then the receiver's re-ACKs
 PLAUSIBLE_RTT_FRACTION = 0.5  # an ACK for the initial window sooner than this x the first RTT is blind
 SLOW_START_GAIN = 2  # blocks added to the window per block acknowledged in slow start
 ANTICIPATION_MAX_BYTES = 2**20  # in flight for a lock-step client at most (socket buffers, NIC rings)
@@ -116,13 +118,15 @@ def retransmission_schedule(
     confirmed: bool = True,
     first_rto: float | None = None,
     proven: bool = True,
+    windowed: bool = False,
 ) -> Schedule:
     """The server's retransmission schedule after the last progress.  Pure; tests use it as their bound.
 
     ``client_timeout`` is the RFC 2349 timeout the client negotiated (it sets the interval, never the
     silence beyond ``max_silence``); ``confirmed`` False is a client that never ACKed (no resends, a
     shorter patience); ``first_rto`` is the measured timeout (default: the configured one);
-    ``proven`` False is a client with a single ACK so far (``UNPROVEN_RESENDS`` resends at most).
+    ``proven`` False is a client with a single ACK so far (``UNPROVEN_RESENDS`` resends at most);
+    ``windowed`` is a client that negotiated windowsize (``WINDOWED_RESENDS``).
     """
     base = float(client_timeout) if client_timeout is not None else config.timeout
     ceiling = max(config.max_timeout, base)
@@ -133,7 +137,7 @@ def retransmission_schedule(
         return Schedule((), min(give_up, own))
     rto, at = first_rto if first_rto is not None else base, 0.0
     resends: list[float] = []
-    limit = config.retries if proven else min(config.retries, UNPROVEN_RESENDS)
+    limit = _resend_limit(config.retries, proven, windowed)
     while len(resends) < limit:
         at += rto
         if at >= give_up:
@@ -141,6 +145,15 @@ def retransmission_schedule(
         resends.append(at)
         rto = min(rto * 2, ceiling)
     return Schedule(tuple(resends), give_up)
+
+
+def _resend_limit(retries: int, proven: bool, windowed: bool) -> int:
+    """Timer resends per stall.  An RFC 7440 receiver gets its window once, then only for its own
+    timeout re-ACK: it keeps (atftp: ignores) blocks it holds, and each block resent to it restarts
+    its timer, so our later single-block resends kept it silent until we gave up."""
+    if windowed:
+        return min(retries, WINDOWED_RESENDS)
+    return retries if proven else min(retries, UNPROVEN_RESENDS)
 
 
 def _backoff_total(first: float, ceiling: float, steps: int) -> float:
@@ -529,8 +542,12 @@ class ReadTransfer:
         curl does this when the network duplicates our OACK and the copy arrives late (it resets to
         block 0 and ACKs it).  Serve it from the start once, while the whole file is still held and
         block numbers cannot be mistaken; a merely late ACK 0 costs one client timeout, no more.
+        Not in netascii: where each acknowledged block started is forgotten, so a stale ACK from
+        before the restart would move to a block that cannot be encoded again.
         """
         if not self._oack or self._restarted or self._buffer_start != 0 or self._highest_sent >= 0x8000:
+            return
+        if self._netascii:
             return
         self._restarted = True
         self._acked, self._next = 0, 1
@@ -538,16 +555,16 @@ class ReadTransfer:
         self._fill(now)
 
     def _resend_limit(self) -> int:
-        return self._config.retries if self._proven else min(self._config.retries, UNPROVEN_RESENDS)
+        return _resend_limit(self._config.retries, self._proven, self._go_back_on_ack)
 
     def _retransmit(self, now: float) -> None:
         """A timeout after the first ACK: resend from the first unacknowledged block, boundedly.
 
         Once a second ACK has proven the address, the window (an RFC 7440 one whole: its receiver ACKs
         only a whole window; the anticipation window halved) is resent once per stall; every other
-        resend is the first unacknowledged block alone.  So a window drawn by one blind ACK costs that
-        window plus ``UNPROVEN_RESENDS`` blocks, and a stalled window later at most one more window
-        plus ``retries`` blocks.
+        resend is the first unacknowledged block alone (none for RFC 7440, see ``_resend_limit``).  So
+        a window drawn by one blind ACK costs that window plus ``UNPROVEN_RESENDS`` blocks, and a
+        stalled window later at most one more window plus ``retries`` blocks.
         """
         self._retries += 1
         self._rto = min(self._rto * 2, self._max_rto)

@@ -22,11 +22,10 @@ aiohttp is imported only when the source starts (a local server never loads it).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from loguru import logger
@@ -45,9 +44,6 @@ from edgetftp.sources.base import (
     SourceUnavailable,
 )
 from edgetftp.sources.httpcache import CachedAnswer, HttpCache, ResponsePolicy, response_policy
-
-if TYPE_CHECKING:
-    from edgetftp.settings import Settings
 
 MiB = 1 << 20
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -580,33 +576,18 @@ def _picked(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: headers[name] for name in RENEWED_HEADERS if name in headers}
 
 
-# --- settings ---
-
-
-def origin_options_from_settings(settings: Settings) -> OriginOptions:
-    return OriginOptions(
-        timeout=settings.origin_timeout,
-        attempts=settings.origin_attempts,
-        pool=settings.origin_pool,
-        buffer_max=settings.origin_buffer_max,
-        stale_if_error_max=settings.origin_stale_if_error,
-        cross_host_redirects=settings.origin_cross_host_redirects,
-        static_headers=tuple(parse_header_line(line) for line in settings.origin_header),
-        region=os.environ.get("FLY_REGION") or None,
-    )
-
-
-def http_source_from_settings(
-    settings: Settings,
+def build_http_source(
     url: str,
+    options: OriginOptions,
     *,
+    cache_bytes: int,
+    object_max: int,
     clock: Callable[[], float] = time.monotonic,
     observer: SourceObserver | None = None,
 ) -> HttpSource:
     """The origin source for ``url`` (one SOURCE layer).  Nothing touches the network yet."""
-    options = origin_options_from_settings(settings)
     client = OriginClient(options, clock=clock, observer=observer)
-    cache = HttpCache(total_bytes=settings.cache_bytes, object_max=settings.cache_object_max, clock=clock)
+    cache = HttpCache(total_bytes=cache_bytes, object_max=object_max, clock=clock)
     return HttpSource(parse_origin_url(url), client, cache, clock=clock)
 
 
@@ -617,8 +598,8 @@ __all__ = [
     "OriginLocation",
     "OriginOptions",
     "OriginStream",
+    "build_http_source",
     "context_headers",
-    "http_source_from_settings",
     "parse_header_line",
     "parse_origin_url",
 ]
