@@ -25,10 +25,11 @@ Time is an injected monotonic clock; ``Date``/``Expires`` are only ever compared
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+
+import cachetools
 
 #: Variants kept per name (one per client address under ``Vary: X-TFTP-IP``); the oldest go first.
 MAX_VARIANTS = 256
@@ -205,6 +206,23 @@ class HttpCacheStats:
     evictions: int = 0
 
 
+class _AnswersByName(cachetools.LRUCache[str, tuple[CachedAnswer, ...]]):
+    """Each name's stored answers (newest first), LRU by name and bounded by their bodies' bytes."""
+
+    def __init__(self, total_bytes: int, stats: HttpCacheStats) -> None:
+        super().__init__(maxsize=total_bytes, getsizeof=_bytes_of)
+        self._stats = stats
+
+    def popitem(self) -> tuple[str, tuple[CachedAnswer, ...]]:
+        """cachetools calls this to evict, least recently used first."""
+        self._stats.evictions += 1
+        return super().popitem()
+
+
+def _bytes_of(answers: tuple[CachedAnswer, ...]) -> int:
+    return sum(answer.size for answer in answers)
+
+
 @dataclass(eq=False)
 class HttpCache:
     """Stored origin answers by name and Vary values, bounded in bytes and in names (LRU)."""
@@ -218,19 +236,15 @@ class HttpCache:
     stats: HttpCacheStats = field(default_factory=HttpCacheStats)
 
     def __post_init__(self) -> None:
-        self._names: OrderedDict[str, list[CachedAnswer]] = OrderedDict()
-        self._bytes = 0
+        self._names = _AnswersByName(self.total_bytes, self.stats)
 
     @property
     def resident_bytes(self) -> int:
-        return self._bytes
+        return int(self._names.currsize)
 
     def lookup(self, name: str, request_headers: Mapping[str, str]) -> CachedAnswer | None:
-        """The stored answer for this request (fresh or not), or None."""
-        variants = self._names.get(name)
-        if not variants:
-            return None
-        self._names.move_to_end(name)
+        """The stored answer for this request (fresh or not), or None; a hit makes the name recent."""
+        variants = self._names.get(name, ())
         return next((answer for answer in variants if answer.matches(request_headers)), None)
 
     def store(
@@ -259,34 +273,28 @@ class HttpCache:
             stale_until=now + policy.lifetime + policy.stale_if_error,
             headers=dict(response_headers),
         )
-        self.forget(name, request_headers)
-        variants = self._names.setdefault(name, [])
-        variants.insert(0, answer)
-        self._bytes += answer.size
-        while len(variants) > MAX_VARIANTS:
-            self._bytes -= variants.pop().size
-        self._names.move_to_end(name)
+        # Other requests' variants stay only under the same Vary: a new Vary replaces them all (and
+        # a response without one would shadow them for good).
+        others = [
+            old
+            for old in self._names.pop(name, ())
+            if old.vary == answer.vary and not old.matches(request_headers)
+        ]
+        variants = (answer, *others[: MAX_VARIANTS - 1])
+        while _bytes_of(variants) > self.total_bytes:  # the oldest variants give way to the new one
+            variants = variants[:-1]
+        self._names[name] = variants
+        while len(self._names) > self.max_names:
+            self._names.popitem()
         self.stats.stored += 1
-        self._evict()
         return answer
 
     def forget(self, name: str, request_headers: Mapping[str, str]) -> None:
         """Drop the variant this request would use (the origin said something new about it)."""
-        variants = self._names.get(name)
-        if not variants:
-            return
-        for answer in [a for a in variants if a.matches(request_headers)]:
-            variants.remove(answer)
-            self._bytes -= answer.size
-        if not variants:
-            del self._names[name]
+        variants = self._names.pop(name, ())
+        kept = tuple(answer for answer in variants if not answer.matches(request_headers))
+        if kept:
+            self._names[name] = kept
 
     def clear(self) -> None:
         self._names.clear()
-        self._bytes = 0
-
-    def _evict(self) -> None:
-        while self._names and (self._bytes > self.total_bytes or len(self._names) > self.max_names):
-            _, variants = self._names.popitem(last=False)
-            self._bytes -= sum(answer.size for answer in variants)
-            self.stats.evictions += 1
