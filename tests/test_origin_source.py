@@ -22,7 +22,14 @@ from hypothesis import strategies as st
 from edgetftp.cli import build_layer
 from edgetftp.policy import PolicyError, normalize
 from edgetftp.settings import Settings
-from edgetftp.sources.base import AccessDenied, Content, FileNotFound, RequestContext, SourceUnavailable
+from edgetftp.sources.base import (
+    AccessDenied,
+    Content,
+    FileNotFound,
+    RequestContext,
+    SourceError,
+    SourceUnavailable,
+)
 from edgetftp.sources.http import (
     HttpSource,
     OriginFailure,
@@ -292,14 +299,14 @@ def test_hostile_names_reach_the_origin_as_literal_segments(origin: OriginServer
     ("status", "error"),
     [(404, FileNotFound), (410, FileNotFound), (401, AccessDenied), (403, AccessDenied)],
 )
-def test_status_mapping(origin: OriginServer, status: int, error: type[Exception]) -> None:
+def test_status_mapping(origin: OriginServer, status: int, error: type[SourceError]) -> None:
     origin.files["/boot/x.efi"] = Answer(status=status, body=b"origin secret text")
     source = make_source(origin.prefix())
 
     async def scenario() -> None:
         with pytest.raises(error) as raised:
             await source.open_for("x.efi", ctx())
-        assert "origin secret text" not in raised.value.public_message  # type: ignore[attr-defined]
+        assert "origin secret text" not in raised.value.public_message
 
     with_source(source, scenario)
 
