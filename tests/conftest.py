@@ -186,14 +186,7 @@ def session_temp_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def _live_children(pid: int) -> list[int]:
     """Live (non-zombie) descendants of ``pid``."""
-    return [child for child in descendants(pid) if not _is_zombie(child)]
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True  # gone already: nothing left behind
+    return [child for child in descendants(pid) if serverproc.is_live(child)]
 
 
 def leftover_processes() -> list[int]:

@@ -295,6 +295,12 @@ def _stat_fields(pid_dir: Path) -> list[str] | None:
     return text.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, session, ...
 
 
+def is_live(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    fields = _stat_fields(Path(f"/proc/{pid}"))
+    return fields is not None and fields[0] != "Z"
+
+
 def live_processes_in_sessions(sessions: Sequence[int]) -> list[int]:
     """PIDs of live (non-zombie) processes whose session id is one of ``sessions``."""
     wanted = set(sessions)
