@@ -361,6 +361,28 @@ def test_timeout_follows_the_measured_round_trip() -> None:
     assert transfer.get_timer() == pytest.approx(deadline + 0.4)  # then exponential backoff
 
 
+@pytest.mark.parametrize(
+    "options", [{"timeout": "5", "blksize": "512"}, {}], ids=["oack-lost", "data-1-lost"]
+)
+def test_a_first_reply_resent_for_a_repeated_request_is_no_round_trip_sample(options: dict[str, str]) -> None:
+    """Karn's rule for the first reply: curl's OACK lost, its RRQ repeated 6 s later.  Timing the
+    ACK against the first copy made a 6 s sample, and every later loss waited the client's 5 s
+    timeout (a 1 MiB transfer at 10% loss then outlasted curl's --max-time)."""
+    transfer = make(b"r" * 512 * 40, options)
+    sent(transfer)  # lost
+    now = 6.2
+    transfer.request_repeated(now)
+    assert len(sent(transfer)) == 1
+    now += 0.001
+    if options:
+        ack(transfer, 0, now)
+    for block in range(1, 20):
+        now += 0.001  # a 1 ms round trip
+        assert ack(transfer, block, now)
+    deadline = transfer.get_timer()
+    assert deadline is not None and deadline - now == pytest.approx(0.2)  # the floor, not 5 s or 1 s
+
+
 def test_slow_paths_keep_the_configured_timeout_as_ceiling() -> None:
     transfer = make(b"k" * 512 * 10)
     sent(transfer)

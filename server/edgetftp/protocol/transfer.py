@@ -414,6 +414,7 @@ class ReadTransfer:
         if self.state is _OACK_SENT:
             self._resent_first += 1
             self.stats.retransmits += 1
+            self._forget_ambiguous_timing(0, 0)  # the OACK is timed as block 0
             self._send(self._oack)
         elif self.state is _SENDING and self._highest_sent == 1:
             self._resent_first += 1
@@ -618,6 +619,16 @@ class ReadTransfer:
             self._sample_round_trip(now - self._timed_at)
         self._rto = self._settled_rto
 
+    def _forget_ambiguous_timing(self, first: int, last: int) -> None:
+        """Karn's rule: a block about to be sent again times nothing (its ACK may answer either copy).
+
+        Without it a lost OACK, resent for the client's repeated RRQ seconds later, was one sample of
+        seconds: the RTO stayed at the client's timeout for the whole transfer (5 s per loss for curl).
+        """
+        timed = self._timed_block
+        if timed is not None and first <= timed <= last:
+            self._timed_block = None
+
     def _sample_round_trip(self, sample: float) -> None:
         """RFC 6298 smoothing; the timeout stays between the floor and the configured/negotiated one."""
         if self._srtt is None:
@@ -641,6 +652,8 @@ class ReadTransfer:
             limit = last
         blksize, fed, eof = self._blksize, self._fed, self._eof
         buffer, base, highest = self._buffer, self._buffer_start, self._highest_sent
+        if block <= highest:
+            self._forget_ambiguous_timing(block, limit)
         outgoing, budget = self._outgoing, self._budget
         start = (block - 1) * blksize
         sent = new_bytes = 0
@@ -682,6 +695,8 @@ class ReadTransfer:
         acked, block, highest = self._acked, self._next, self._highest_sent
         limit = acked + (self._cwnd if self._peer_confirmed and whole_window else 1)
         budget = self._budget
+        if block <= highest:
+            self._forget_ambiguous_timing(block, limit)
         sent = new_bytes = 0
         while block <= limit and (self._last_block is None or block <= self._last_block):
             payload = self._encode_block(block)
