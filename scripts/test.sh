@@ -61,4 +61,6 @@ fi
 ruff check .
 ruff format --check .
 mypy
-python -m pytest -q -p no:cacheprovider "$@"
+# Four workers on two cores: most of the suite waits (timeouts, relays, QEMU's firmware); one file per
+# worker (--dist loadfile) keeps a module's shared server and the image build on one worker.
+python -m pytest -q -p no:cacheprovider -n 4 --dist loadfile "$@"

@@ -194,29 +194,58 @@ def leftover_processes() -> list[int]:
     return sorted({*serverproc.live_started_processes(), *_live_children(os.getpid())})
 
 
-def leftovers(processes: list[int]) -> list[str]:
+def leftovers(processes: list[int], *, private: bool = True, shared_tmp: bool = SHARED_TMP) -> list[str]:
     """What this run left behind: live processes, files in its TMPDIR, new entries in /tmp."""
     problems = [f"process {pid} still alive: {serverproc.command_line(pid)}" for pid in processes]
-    for private in filter(Path.exists, _private_tmp):
-        problems += [f"left in TMPDIR: {path}" for path in sorted(private.iterdir())]
-    if not SHARED_TMP:
+    for directory in filter(Path.exists, _private_tmp if private else []):
+        problems += [f"left in TMPDIR: {path}" for path in sorted(directory.iterdir())]
+    if not shared_tmp:
         new = sorted({entry.name for entry in TMP.iterdir()} - _tmp_before)
         problems += [f"new in /tmp: {TMP / name}" for name in new if not name.startswith("pytest-of-")]
     return problems
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """The process that hands tests to ``pytest -n`` workers (which are its children) and runs none."""
+    return not _is_xdist_worker(config) and bool(getattr(config.option, "numprocesses", None))
+
+
+_worker_leftovers: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """Under ``pytest -n``: collect what each worker found it left behind (reported at the end)."""
+    _worker_leftovers.extend(getattr(node, "workeroutput", {}).get("leftovers", []))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if it left anything behind; then end the processes it left, each by its PID."""
-    processes = leftover_processes()
-    problems = leftovers(processes)
-    for pid in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """Fail the run if it left anything behind; then end the processes it left, each by its PID.
+
+    Under ``pytest -n`` each worker checks its own processes and TMPDIR and hands its findings to the
+    controller, which adds the /tmp check (once every worker has finished) and fails the run.
+    """
+    config = session.config
+    if _is_xdist_controller(config):
+        problems = _worker_leftovers + leftovers([], private=False)
+    else:
+        processes = leftover_processes()
+        problems = leftovers(processes, shared_tmp=_is_xdist_worker(config))
+        for pid in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if _is_xdist_worker(config):
+            config.workeroutput["leftovers"] = problems  # type: ignore[attr-defined]  # set by xdist
+            return
     if not problems:
         return
     text = "the test run left things behind:\n  " + "\n  ".join(problems)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.line("")
         reporter.write_sep("=", "leftovers", red=True)
