@@ -413,6 +413,28 @@ def test_anticipation_resends_half_the_window_on_timeout_then_grows_by_one() -> 
     assert widths[-1] == 8 and widths == sorted(widths)  # then +1 per clean window
 
 
+def test_random_loss_after_a_clean_run_does_not_lower_the_ceiling() -> None:
+    """Two timeouts at the same window size, a long clean run apart, are random loss, not a small
+    ring: the window may grow back to the cap (before, each such pair lowered the cap by one, and a
+    10 MiB transfer at 1% loss ended up at lock-step)."""
+    transfer = make(b"m" * 512 * 400, config=TransferConfig(anticipate=8))
+    sent(transfer)
+    now, block = 0.0, 1
+    for _ in range(2):  # grow to the cap of 8, lose there; twice
+        while transfer.snapshot().window < 8:
+            now += 0.01
+            ack(transfer, block, now)
+            block += 1
+        deadline = transfer.get_timer()
+        assert deadline is not None
+        now = deadline
+        transfer.handle_timer(now)
+        sent(transfer)
+    snapshot = transfer.snapshot()
+    assert snapshot.window == 4 and snapshot.window_ceiling == 8
+    assert block > 1 + 2 * 8  # the second loss came after more than two windows of clean blocks
+
+
 def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
     """A client that keeps only the next block (a tiny firmware ring) loses every block sent ahead."""
     data = bytes(512 * 300)
