@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--first-data-sources",
         type=lambda t: [p for p in t.split(",") if p],
         default=[],
-        help="also time the first DATA of a cold object: some of local,s3 (+ registered)",
+        help="also time the first DATA of a cold object: some of local,s3,origin (+ registered)",
     )
     parser.add_argument("--first-data-rtt", type=float, default=50.0)
     parser.add_argument("--first-data-repeat", type=int, default=5)

@@ -1,9 +1,9 @@
 """Time to the first DATA of a cold object, per source kind, over the same delay relay (issue 15).
 
 A source kind (``SOURCES``) sets up where the files live and how edgetftp is pointed at them: a local
-directory, an S3 bucket on a moto server (tests/s3support.py), and, through ``register_source``, the
-origin source (another helper's work): it registers a ``SourceSetup`` named "origin" and
-``--first-data-sources local,s3,origin`` measures it beside the others.
+directory, an S3 bucket on a moto server (tests/s3support.py) and an HTTP origin (tests/originsupport.py,
+aiohttp on loopback); ``--first-data-sources local,s3,origin`` measures them side by side, and
+``register_source`` adds further kinds.
 
 Each measurement is one fresh client: RRQ (blksize 1432) -> OACK -> ACK 0 -> DATA 1, timed from the
 RRQ leaving to DATA 1 arriving, through the relay at the given RTT; then the client sends ERROR 0 so
@@ -15,6 +15,7 @@ beside, so the result can be read against the target "at most one source round t
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import logging
 import socket
@@ -70,27 +71,42 @@ def s3_source(workdir: Path, objects: dict[str, bytes], stack: contextlib.ExitSt
     for name, data in objects.items():
         endpoint.put(S3_BUCKET, S3_PREFIX + name, data)
     flags = ("--endpoint-url", endpoint.url, "--force-path-style", "--region", REGION)
-    return SourceUnderTest(f"s3://{S3_BUCKET}/{S3_PREFIX}", flags, lambda: _http_get_seconds(endpoint.url))
+    round_trip = functools.partial(_http_get_seconds, endpoint.url, f"/{S3_BUCKET}/{S3_PREFIX}{PROBE_NAME}")
+    return SourceUnderTest(f"s3://{S3_BUCKET}/{S3_PREFIX}", flags, round_trip)
 
 
-def _http_get_seconds(url: str) -> float:
+ORIGIN_PREFIX = "/boot/"
+
+
+def origin_source(workdir: Path, objects: dict[str, bytes], stack: contextlib.ExitStack) -> SourceUnderTest:
+    """An aiohttp origin on loopback answering each object with 200 and no caching headers."""
+    from tests.originsupport import Answer, running_origin  # aiohttp: only when the origin is measured
+
+    origin, _ = stack.enter_context(running_origin())
+    for name, data in objects.items():
+        origin.files[ORIGIN_PREFIX + name] = Answer(body=data)
+    round_trip = functools.partial(_http_get_seconds, origin.url, ORIGIN_PREFIX + PROBE_NAME)
+    return SourceUnderTest(origin.prefix(ORIGIN_PREFIX), (), round_trip)
+
+
+def _http_get_seconds(url: str, path: str) -> float:
     """One GET of a small object over a fresh connection: what a cold fetch costs the server at least."""
     host_port = url.removeprefix("http://")
     connection = http.client.HTTPConnection(host_port, timeout=10)
     started = time.perf_counter()
     try:
-        connection.request("GET", f"/{S3_BUCKET}/{S3_PREFIX}{PROBE_NAME}")
+        connection.request("GET", path)
         connection.getresponse().read()
     finally:
         connection.close()
     return time.perf_counter() - started
 
 
-SOURCES: dict[str, SourceSetup] = {"local": local_source, "s3": s3_source}
+SOURCES: dict[str, SourceSetup] = {"local": local_source, "s3": s3_source, "origin": origin_source}
 
 
 def register_source(name: str, setup: SourceSetup) -> None:
-    """The hook for further source kinds (the origin source): measured when named in the CLI."""
+    """The hook for further source kinds: measured when named in the CLI."""
     SOURCES[name] = setup
 
 

@@ -139,6 +139,14 @@ def test_first_data_from_a_cold_s3_object(tmp_path: Path) -> None:
     assert s3.source_round_trip_s is not None and s3.source_round_trip_s > 0
 
 
+def test_first_data_from_a_cold_origin_object(tmp_path: Path) -> None:
+    pytest.importorskip("aiohttp")
+    results = boottime_source.measure_sources(["origin"], RTT_MS, 2, tmp_path)
+    origin = results[0]
+    assert origin.note == "" and len(origin.seconds) == 2, origin.note
+    assert origin.source_round_trip_s is not None and origin.source_round_trip_s > 0
+
+
 def test_first_data_probe_reads_data_one(tmp_path: Path) -> None:
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "probe.bin").write_bytes(b"x" * 100)
