@@ -194,11 +194,14 @@ def leftover_processes() -> list[int]:
     return sorted({*serverproc.live_started_processes(), *_live_children(os.getpid())})
 
 
-def leftovers(processes: list[int], *, private: bool = True, shared_tmp: bool = SHARED_TMP) -> list[str]:
-    """What this run left behind: live processes, files in its TMPDIR, new entries in /tmp."""
+def leftovers(processes: list[int], *, shared_tmp: bool = SHARED_TMP) -> list[str]:
+    """What this run left behind: live processes, files in its TMPDIR, new entries in /tmp.
+
+    (An xdist controller runs no test, so it made no TMPDIR of its own: it checks /tmp alone.)
+    """
     problems = [f"process {pid} still alive: {serverproc.command_line(pid)}" for pid in processes]
-    for directory in filter(Path.exists, _private_tmp if private else []):
-        problems += [f"left in TMPDIR: {path}" for path in sorted(directory.iterdir())]
+    for private in filter(Path.exists, _private_tmp):
+        problems += [f"left in TMPDIR: {path}" for path in sorted(private.iterdir())]
     if not shared_tmp:
         new = sorted({entry.name for entry in TMP.iterdir()} - _tmp_before)
         problems += [f"new in /tmp: {TMP / name}" for name in new if not name.startswith("pytest-of-")]
@@ -232,7 +235,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """
     config = session.config
     if _is_xdist_controller(config):
-        problems = _worker_leftovers + leftovers([], private=False)
+        problems = _worker_leftovers + leftovers([])
     else:
         processes = leftover_processes()
         problems = leftovers(processes, shared_tmp=_is_xdist_worker(config))
