@@ -296,8 +296,9 @@ class CheckedTransfer:
             require(timer is None and not transfer.peer_confirmed, "RESOLVING with a timer or a peer")
             return
         outstanding = transfer.state is State.OACK_SENT or snapshot.highest_sent > snapshot.acked
-        require((timer is not None) == outstanding, f"timer {timer} but outstanding={outstanding}")
-        if not outstanding:
+        held = snapshot.waiting_to_send  # the pace (or the budget) holds the next block: a timer too
+        require((timer is not None) == (outstanding or held), f"timer {timer} but outstanding={outstanding}")
+        if not outstanding and not held:
             require(transfer.bytes_wanted() > 0, "stuck: nothing outstanding, nothing wanted")
         require(0 <= snapshot.acked <= snapshot.highest_sent, "acked beyond what was sent")
         # Retransmissions follow the RTT and stop after ``retries`` per stall; giving up follows the

@@ -13,7 +13,7 @@ import pytest
 from edgetftp import netutil
 from edgetftp.netutil import Arrival
 from edgetftp.transport.sender import DatagramSender, Endpoint
-from edgetftp.transport.timers import TimerQueue
+from edgetftp.transport.timers import TIMER_GRANULARITY, TimerQueue, wake_slack
 from tests.transport_harness import RecordingObserver
 
 pytestmark = pytest.mark.unit
@@ -62,6 +62,14 @@ def test_timers_fire_in_order_and_a_later_deadline_costs_nothing() -> None:
         return order
 
     assert asyncio.run(body()) == ["early", "late", "moved"]
+
+
+def test_a_short_wait_is_not_batched_like_a_retransmission_timeout() -> None:
+    """A pacing wait of 2 ms batched to the retransmission granularity would be 12 ms: the window
+    would leave in a few bursts per round trip, which is what pacing is there to avoid."""
+    assert wake_slack(0.002) <= 0.0002
+    assert wake_slack(0.2) == TIMER_GRANULARITY  # a 200 ms timeout still shares its wake-up
+    assert wake_slack(-0.001) == 0.0  # overdue: at once
 
 
 def receiver(host: str = "127.0.0.1") -> socket.socket:

@@ -133,12 +133,13 @@ class Settings(BaseModel):
         json_schema_extra=_meta("BLOCKS"),
     )
     anticipate: int = Field(
-        64,
+        256,
         ge=0,
         le=1024,
         description=(
             "most blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step); "
-            "the window starts at 2 blocks and triples per clean round trip up to it"
+            "the window starts at 2 blocks and triples per clean round trip up to it "
+            "(beyond 64 only when paced: a round trip of 5 ms or more)"
         ),
         json_schema_extra=_meta("BLOCKS"),
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
-from collections import deque
+from collections import Counter, deque
 
 import pytest
 from hypothesis import given, settings
@@ -23,7 +25,15 @@ from edgetftp.protocol import (
 )
 from edgetftp.protocol.budget import SendBudget
 from edgetftp.protocol.packets import encode_ack, encode_error
-from edgetftp.protocol.transfer import UNPROVEN_RESENDS, retransmission_schedule
+from edgetftp.protocol.transfer import (
+    PACING_GAIN_SLOW_START,
+    PACING_MIN_BURST,
+    PACING_MIN_RTT,
+    PACING_QUANTUM,
+    UNPACED_WINDOW,
+    UNPROVEN_RESENDS,
+    retransmission_schedule,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -803,3 +813,111 @@ def test_a_budget_wait_always_ends_later_and_the_transfer_completes() -> None:
     event = transfer.next_event()
     assert event is not None and event.outcome is Outcome.COMPLETED and acked == 2049
     assert now >= (len(data) - 300_000) / 300_000  # paced by the budget, not faster
+
+
+def send_over_a_path(transfer: ReadTransfer, one_way: float, now: float) -> list[tuple[float, int]]:
+    """Drive ``transfer`` from ``now`` (its datagrams not drained yet) over a lossless path of
+    ``one_way`` seconds each way to a lock-step client that ACKs each block the instant it arrives (a
+    fast client: its ACKs come back as bunched as the blocks reached it).  Returns (time sent,
+    block) for every DATA, until the transfer ends."""
+    clock = itertools.count()
+    pending: list[tuple[float, int, bytes]] = []  # (when, order, datagram): DATA to the client or ACK back
+    sends: list[tuple[float, int]] = []
+    expected = 1
+
+    def drain() -> None:
+        for datagram in transfer.datagrams_to_send():
+            packet = decode(datagram)
+            if isinstance(packet, Data):
+                sends.append((now, packet.block))
+                heapq.heappush(pending, (now + one_way, next(clock), datagram))
+
+    drain()
+    while not transfer.ended:
+        deadline = transfer.get_timer()
+        if pending and (deadline is None or pending[0][0] <= deadline):
+            now, _, datagram = heapq.heappop(pending)
+            packet = decode(datagram)
+            if isinstance(packet, Data):  # at the client: ACK it, back across the path
+                if packet.block == expected & 0xFFFF:
+                    expected += 1
+                heapq.heappush(pending, (now + one_way, next(clock), encode_ack((expected - 1) & 0xFFFF)))
+            else:
+                transfer.receive_datagram(datagram, now)
+        else:
+            assert deadline is not None
+            now = deadline
+            transfer.handle_timer(now)
+        drain()
+    return sends
+
+
+def largest_burst(sends: list[tuple[float, int]]) -> int:
+    """The most blocks sent at one instant."""
+    return max(Counter(when for when, _ in sends).values())
+
+
+def test_pacing_spreads_a_large_anticipation_window_over_the_round_trip() -> None:
+    """Without pacing, slow start sends three blocks per ACK as fast as the client ACKed: a fast
+    client's ACKs come back bunched, so whole windows left at one instant (162 blocks towards a
+    window of 256) and overflowed curl's and busybox's socket buffers.  Paced, no more than the
+    bucket's depth leaves at once, and 2,049 blocks still take few round trips."""
+    rtt, cap = 0.05, 256
+    config = TransferConfig(anticipate=cap)
+    transfer = make(bytes(512 * 2048), {"blksize": "512", "tsize": "0"}, config)
+    sent(transfer)  # the OACK
+    transfer.receive_datagram(encode_ack(0), rtt)  # one round trip measured: pacing starts now
+    sends = send_over_a_path(transfer, rtt / 2, rtt)
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.COMPLETED
+    assert [block for _, block in sends] == [block & 0xFFFF for block in range(1, 2050)]  # no resend
+    fastest = PACING_GAIN_SLOW_START * cap / rtt  # blocks per second, the fastest pace
+    assert largest_burst(sends) <= max(PACING_MIN_BURST, fastest * PACING_QUANTUM) + 1
+    # Slow start to 256 blocks is five round trips (x3 each from 2), then 2049 / 256 is eight more.
+    assert sends[-1][0] - sends[0][0] <= 14 * rtt
+    assert transfer.stats.pace_waits > 0 and transfer.stats.retransmits == 0
+
+
+def test_a_pacing_wait_is_a_send_gate_not_a_retransmission() -> None:
+    transfer = make(bytes(512 * 200), {"blksize": "512", "tsize": "0"}, TransferConfig(anticipate=64))
+    sent(transfer)
+    now = 0.05
+    assert blocks(ack(transfer, 0, now)) == [1, 2]  # the initial window: within the bucket's first burst
+    now += 0.05
+    # Both blocks acknowledged: the window grows to 6, so 3..8 are wanted; the bucket holds 4.
+    assert blocks(ack(transfer, 2, now)) == [3, 4, 5, 6]
+    snapshot = transfer.snapshot()
+    assert snapshot.waiting_to_send and snapshot.retries == 0
+    deadline = transfer.get_timer()
+    assert deadline is not None and now < deadline < now + 0.05  # the pace, not a timeout
+    transfer.handle_timer(deadline)
+    assert blocks(sent(transfer)) == [7, 8]
+    assert transfer.snapshot().retries == 0 and transfer.stats.retransmits == 0
+
+
+def test_rfc7440_windows_and_short_round_trips_are_not_paced() -> None:
+    """A windowsize receiver ACKs only the whole window, so spreading it would delay that ACK; and
+    below ``PACING_MIN_RTT`` a window leaves faster than any timer could spread it, so it stops
+    growing at ``UNPACED_WINDOW`` (256 blocks back to back overflowed a slow client on loopback)."""
+    windowed = make(bytes(512 * 200), {"blksize": "512", "windowsize": "64"})
+    sent(windowed)
+    assert blocks(ack(windowed, 0, 0.05)) == list(range(1, 65))
+    assert blocks(ack(windowed, 64, 0.10)) == list(range(65, 129))
+    local = make(bytes(512 * 1000), {"blksize": "512", "tsize": "0"}, TransferConfig(anticipate=256))
+    sent(local)
+    local.receive_datagram(encode_ack(0), PACING_MIN_RTT / 2)
+    sends = send_over_a_path(local, PACING_MIN_RTT / 4, PACING_MIN_RTT / 2)
+    assert largest_burst(sends) > PACING_MIN_BURST and local.stats.pace_waits == 0
+    assert local.snapshot().window == UNPACED_WINDOW
+
+
+def test_a_streamed_file_is_read_ahead_of_the_window_in_use_not_of_its_cap() -> None:
+    """With a cap of 256 blocks, reading ahead of the cap held 400 KiB per streamed transfer before
+    its first DATA (and an origin body cut at 300 kB failed before a single block was sent)."""
+    config = TransferConfig(anticipate=256, read_ahead=32)
+    transfer = ReadTransfer(ReadRequest("f", "octet", {"blksize": "1428"}), config, 1468, 0.0)
+    transfer.accept(4 << 20, 0.0)
+    sent(transfer)
+    assert transfer.bytes_wanted() == 0  # nothing before ACK 0 (a size probe costs no download)
+    transfer.receive_datagram(encode_ack(0), 0.05)
+    assert transfer.bytes_wanted() == (2 + 32) * 1428  # the initial window and the read-ahead

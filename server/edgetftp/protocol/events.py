@@ -31,6 +31,7 @@ class TransferStats:
     retransmits: int = 0  # datagrams sent again after a timeout
     duplicate_acks: int = 0
     budget_waits: int = 0  # times the client address's send budget made the transfer wait
+    pace_waits: int = 0  # times pacing held an anticipation window's next block for a moment
     final_ack_missing: bool = False
 
     @property

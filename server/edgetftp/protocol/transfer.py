@@ -24,7 +24,11 @@ Sending: at most ``cwnd`` blocks beyond the last acknowledged one.  For an RFC 7
 is the negotiated windowsize (its receiver only ACKs a whole window, so it is always sent whole).
 For a lock-step client with anticipation on, ``cwnd`` starts at ``INITIAL_WINDOW`` and grows by slow
 start (x3 per clean round trip) up to ``anticipate`` or the first loss, then by one block per clean
-window (AIMD); a timeout halves it.  Duplicate ACKs
+window (AIMD); a timeout halves it.  Once the round trip is measured (and is at least
+``PACING_MIN_RTT``), an anticipation window is paced (``_pace_rate``): a token bucket of blocks
+fills at a multiple of cwnd per smoothed RTT, so slow start's bursts (three blocks per ACK, at the
+client's own speed) do not pile up in the client's socket buffer or NIC ring.  Unpaced, the window
+stops at ``UNPACED_WINDOW``.  Duplicate ACKs
 send nothing (Sorcerer's Apprentice) unless they are a receiver's own timeout (``_on_timeout_ack``);
 only a timeout, or an RFC 7440 gap ACK, resends.
 
@@ -71,6 +75,13 @@ WINDOWED_RESENDS = 1  # timeout resends per stall of an RFC 7440 window; then th
 PLAUSIBLE_RTT_FRACTION = 0.5  # an ACK for the initial window sooner than this x the first RTT is blind
 SLOW_START_GAIN = 2  # blocks added to the window per block acknowledged in slow start
 ANTICIPATION_MAX_BYTES = 2**20  # in flight for a lock-step client at most (socket buffers, NIC rings)
+PACING_GAIN_SLOW_START = 3.0  # x the window per round trip: slow start triples it
+PACING_GAIN = 1.25  # x the window per round trip above ssthresh: headroom over the ACK clock
+PACING_QUANTUM = 0.002  # seconds of the pacing rate that may leave back to back (the loop's timers)
+PACING_MIN_BURST = 4  # blocks that may always leave back to back
+PACING_MIN_RTT = 0.005  # below this round trip a window leaves faster than a timer could spread it
+PACING_MIN_WAIT = 0.001  # seconds: the shortest wait for the pace (the drivers' timers are coarser)
+UNPACED_WINDOW = 64  # the most an anticipation window grows to while it is not paced
 FILE_CHANGED = "File changed"
 _pack_data_header = struct.Struct("!HH").pack
 _DATA, _ACK = int(Opcode.DATA), int(Opcode.ACK)
@@ -99,7 +110,7 @@ class TransferConfig:
     min_timeout: float = 0.2  # floor of the timeout measured from round trips (like TCP's 200 ms)
     retries: int = 5  # retransmissions per stall (and first replies per repeated RRQ) at most
     max_window: int = 64  # largest RFC 7440 windowsize granted
-    anticipate: int = 64  # most blocks sent ahead for clients without windowsize (0 = lock-step)
+    anticipate: int = 256  # most blocks sent ahead for clients without windowsize (0 = lock-step)
     read_ahead: int = 32  # blocks buffered beyond the window when the file is streamed
     max_silence: float = 30.0  # seconds of client silence before giving up, whatever its timeout
     max_window_bytes: int = 128 * 1024  # bytes of a negotiated (RFC 7440) window, at most
@@ -183,6 +194,7 @@ class TransferSnapshot:
     buffered: int  # bytes of the file the transfer holds (a view of a resident file counts whole)
     retries: int  # retransmissions in the current stall
     deadline: float | None
+    waiting_to_send: bool  # the deadline is the budget's or the pace's: a block is held, not lost
 
 
 class ReadTransfer:
@@ -205,7 +217,9 @@ class ReadTransfer:
         self._outgoing: list[bytes] = []
         self._events: deque[TransferEnded] = deque()
         self._deadline: float | None = None
-        self._waiting_for_budget = False  # the deadline is the budget's, not a retransmission timeout
+        self._waiting_to_send = False  # the deadline is the budget's or the pace's, not a timeout
+        self._pace_tokens = float(PACING_MIN_BURST)  # blocks that may leave now (see _pace_rate)
+        self._pace_at = now  # when the tokens were last counted
         # negotiated
         self._blksize = 512
         self._window = 1  # the cap of cwnd: the negotiated windowsize, or the anticipation limit
@@ -335,8 +349,9 @@ class ReadTransfer:
             # Nothing before the client's ACK 0: a UEFI size probe (OACK, then ERROR 8) must not
             # start a download it will never use.
             return 0
-        # In netascii a block holds at most blksize file bytes, so this is enough there too.
-        target = (self._acked + self._window + self._config.read_ahead) * self._blksize
+        # In netascii a block holds at most blksize file bytes, so this is enough there too.  The
+        # window in use, not its cap: a streamed file is held as far as it is being sent.
+        target = (self._acked + self._cwnd + self._config.read_ahead) * self._blksize
         return max(0, target - self._fed)
 
     def abort(
@@ -388,7 +403,7 @@ class ReadTransfer:
         if now >= give_up_at:
             self._give_up(now)
             return
-        if self._waiting_for_budget:
+        if self._waiting_to_send:
             self._deadline = None
             self._fill(now)  # the budget has refilled: go on where it stopped
             return
@@ -462,6 +477,7 @@ class ReadTransfer:
             buffered=len(self._buffer),
             retries=self._retries,
             deadline=self._deadline,
+            waiting_to_send=self._waiting_to_send,
         )
 
     # --- internals ------------------------------------------------------------------------------
@@ -601,14 +617,19 @@ class ReadTransfer:
 
     def _grow_window(self, acknowledged: int) -> None:
         """Slow start (``SLOW_START_GAIN`` more blocks per block acknowledged) up to ssthresh, then +1
-        per clean window, up to the ceiling; the ceiling recovers after a long clean run."""
+        per clean window, up to the ceiling; the ceiling recovers after a long clean run.
+
+        Beyond ``UNPACED_WINDOW`` only while paced: below ``PACING_MIN_RTT`` nothing spreads a window,
+        and 64 blocks already fill such a path (64 x 1432 B per 5 ms is 147 Mbit/s), while 256 blocks
+        sent back to back overflowed a slow client's socket buffer on loopback."""
         ceiling = self._cwnd_ceiling
+        limit = ceiling if ceiling <= UNPACED_WINDOW or self._pace_rate() else UNPACED_WINDOW
         if self._cwnd < self._ssthresh:
             # x3 per round trip: 2 -> 64 in four round trips (doubling took 0.93 s for 1 MiB at 50 ms)
-            self._cwnd = min(self._cwnd + SLOW_START_GAIN * acknowledged, self._ssthresh, ceiling)
+            self._cwnd = min(self._cwnd + SLOW_START_GAIN * acknowledged, self._ssthresh, limit)
         else:
             self._clean_acks += acknowledged
-            if self._clean_acks >= self._cwnd and self._cwnd < ceiling:
+            if self._clean_acks >= self._cwnd and self._cwnd < limit:
                 self._cwnd, self._clean_acks = self._cwnd + 1, 0
         self._clean_since_loss += acknowledged
         if self._clean_since_loss >= CEILING_RECOVERY * self._window and ceiling < self._window:
@@ -649,7 +670,7 @@ class ReadTransfer:
         if self._netascii:
             self._fill_netascii(now, whole_window)
             return
-        self._waiting_for_budget = False
+        self._waiting_to_send = False
         acked, block = self._acked, self._next
         limit = acked + (self._cwnd if self._peer_confirmed and whole_window else 1)
         last = self._last_block
@@ -660,6 +681,8 @@ class ReadTransfer:
         if block <= highest:
             self._forget_ambiguous_timing(block, limit)
         outgoing, budget = self._outgoing, self._budget
+        rate = self._pace_rate()
+        tokens = self._pace_tokens_at(rate, now) if rate else 0.0
         start = (block - 1) * blksize
         sent = new_bytes = 0
         while block <= limit:
@@ -668,11 +691,15 @@ class ReadTransfer:
                 if not eof:
                     break  # the driver has not fed these bytes yet
                 end = fed
+            if rate and tokens < 1.0:
+                self._wait_for_pace(rate, tokens, now)
+                break
             datagram = _pack_data_header(_DATA, block & 0xFFFF) + buffer[start - base : end - base]
             if budget is not None and not budget.take(len(datagram), now):
                 self._wait_for_budget(budget, len(datagram), now)
                 break
             outgoing.append(datagram)
+            tokens -= 1.0
             if block > highest:
                 if self._timed_block is None and block >= self._next_timed:
                     # One timed block per window is plenty for RFC 6298 and saves the hot path.
@@ -683,27 +710,33 @@ class ReadTransfer:
             block += 1
             sent += 1
             start += blksize
+        self._pace_tokens = tokens
         if sent:  # _account, inlined on the hot path
             stats = self.stats
             stats.retransmits += sent - (highest - self._highest_sent)
             stats.bytes_sent += new_bytes
             stats.datagrams_sent += sent
             self._next, self._highest_sent = block, highest
-            if not self._waiting_for_budget:
+            if not self._waiting_to_send:
                 self._deadline = now + self._rto
         elif self._deadline is None and highest > acked:
             self._deadline = now + self._rto
 
     def _fill_netascii(self, now: float, whole_window: bool) -> None:
         """``_fill`` for netascii: each block is encoded from the raw bytes when it is sent."""
-        self._waiting_for_budget = False
+        self._waiting_to_send = False
         acked, block, highest = self._acked, self._next, self._highest_sent
         limit = acked + (self._cwnd if self._peer_confirmed and whole_window else 1)
         budget = self._budget
         if block <= highest:
             self._forget_ambiguous_timing(block, limit)
+        rate = self._pace_rate()
+        tokens = self._pace_tokens_at(rate, now) if rate else 0.0
         sent = new_bytes = 0
         while block <= limit and (self._last_block is None or block <= self._last_block):
+            if rate and tokens < 1.0:
+                self._wait_for_pace(rate, tokens, now)
+                break
             payload = self._encode_block(block)
             if payload is None:
                 break  # the driver has not fed these bytes yet
@@ -712,6 +745,7 @@ class ReadTransfer:
                 self._wait_for_budget(budget, len(datagram), now)
                 break
             self._outgoing.append(datagram)
+            tokens -= 1.0
             if block > highest:
                 if self._timed_block is None and block >= self._next_timed:
                     self._timed_block, self._timed_at = block, now
@@ -720,6 +754,7 @@ class ReadTransfer:
                 new_bytes += len(payload)
             block += 1
             sent += 1
+        self._pace_tokens = tokens
         self._account(sent, block, highest, new_bytes, now)
 
     def _encode_block(self, block: int) -> bytes | None:
@@ -746,9 +781,36 @@ class ReadTransfer:
             marks.pop(acknowledged, None)
 
     def _wait_for_budget(self, budget: SendBudget, size: int, now: float) -> None:
-        self._waiting_for_budget = True
+        self._waiting_to_send = True
         self.stats.budget_waits += 1
         self._deadline = budget.ready_at(size, now)
+
+    def _pace_rate(self) -> float:
+        """Blocks per second an anticipation window may leave at; 0: not paced.
+
+        Without pacing, each ACK in slow start released three blocks at once, as fast as the client
+        had ACKed: the bursts piled up in its socket buffer.  A window above 64 blocks then overflowed
+        curl's and busybox's (90-106 drops per 1 MiB, measured at the client sockets), so the window
+        stayed at 64 and 512-byte clients needed 32 round trips for 1 MiB.  An RFC 7440 window is
+        never paced: its receiver ACKs only the whole window, so spreading it would delay that ACK.
+        """
+        srtt = self._srtt
+        if srtt is None or srtt < PACING_MIN_RTT or self._go_back_on_ack or self._window <= 1:
+            return 0.0
+        gain = PACING_GAIN_SLOW_START if self._cwnd < self._ssthresh else PACING_GAIN
+        return gain * self._cwnd / srtt
+
+    def _pace_tokens_at(self, rate: float, now: float) -> float:
+        """The bucket's blocks at ``now``: it fills at ``rate`` and holds ``PACING_QUANTUM`` of it."""
+        tokens = self._pace_tokens + (now - self._pace_at) * rate
+        self._pace_at = now
+        return min(tokens, max(PACING_MIN_BURST, rate * PACING_QUANTUM))
+
+    def _wait_for_pace(self, rate: float, tokens: float, now: float) -> None:
+        """Sleep until a small burst may leave: a wake-up per block would cost more than it spreads."""
+        self._waiting_to_send = True
+        self.stats.pace_waits += 1
+        self._deadline = now + max((PACING_MIN_BURST - tokens) / rate, PACING_MIN_WAIT)
 
     def _account(self, sent: int, block: int, highest: int, new_bytes: int, now: float) -> None:
         if sent:
@@ -757,7 +819,7 @@ class ReadTransfer:
             stats.bytes_sent += new_bytes
             stats.datagrams_sent += sent
             self._next, self._highest_sent = block, highest
-            if not self._waiting_for_budget:
+            if not self._waiting_to_send:
                 self._deadline = now + self._rto
         elif self._deadline is None and highest > self._acked:
             self._deadline = now + self._rto

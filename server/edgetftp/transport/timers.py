@@ -15,6 +15,12 @@ from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 TIMER_GRANULARITY = 0.01  # seconds: retransmission timers are coarse by nature; batch them
+TIMER_SLACK = 0.1  # of the wait, at most TIMER_GRANULARITY: a pacing wait of 2 ms is not batched to 12
+
+
+def wake_slack(wait: float) -> float:
+    """How late a wake-up ``wait`` seconds away may come, so that nearby deadlines share it."""
+    return min(TIMER_GRANULARITY, max(0.0, wait) * TIMER_SLACK)
 
 
 class Timed(Protocol):
@@ -62,7 +68,8 @@ class TimerQueue(Generic[T]):
         if self._wake is not None:
             self._wake.cancel()
         self._wake_at = deadline
-        self._wake = self._loop.call_at(deadline + TIMER_GRANULARITY, self._fire)
+        loop = self._loop
+        self._wake = loop.call_at(deadline + wake_slack(deadline - loop.time()), self._fire)
 
     def _fire(self) -> None:
         self._wake, self._wake_at = None, math.inf
