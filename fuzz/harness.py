@@ -110,8 +110,11 @@ class CheckedTransfer:
 
     @property
     def window(self) -> int:
+        """How far beyond the last ACK a DATA may be: an RFC 7440 stall may probe the next window."""
         snapshot = self.transfer.snapshot()
-        return snapshot.window_cap if snapshot.peer_confirmed else 1
+        if not snapshot.peer_confirmed:
+            return 1
+        return snapshot.window_cap * (2 if snapshot.windowed else 1)
 
     # --- driver calls (legal ones; illegal ones must raise LocalProtocolError) ---
 
@@ -306,9 +309,8 @@ class CheckedTransfer:
         require(snapshot.retries <= self.config.retries, "unbounded retries")
         if self.streamed:
             blksize = transfer.stats.blksize
-            bound = self.expansion * (
-                (snapshot.window_cap + self.config.read_ahead + 1) * blksize + self.largest_chunk
-            )
+            reach = snapshot.window_cap * (2 if snapshot.windowed else 1)  # an RFC 7440 probe's too
+            bound = self.expansion * ((reach + self.config.read_ahead + 1) * blksize + self.largest_chunk)
             require(snapshot.buffered <= bound, f"buffer {snapshot.buffered} > bound {bound}")
 
 

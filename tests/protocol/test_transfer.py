@@ -486,7 +486,8 @@ def test_negotiated_windows_are_always_sent_whole() -> None:
 def test_a_stalled_rfc7440_window_is_resent_once_then_left_to_the_receivers_timeout() -> None:
     """atftp through a lossy relay: its ACK of a window was lost.  It holds the blocks we would resend
     one at a time and ignores them, and each one restarts its timer, so single-block resends kept it
-    silent until we gave up.  One whole window, then silence, lets its timeout re-ACK."""
+    silent until we gave up.  One whole window, then the next window once (its ACK of the resent one
+    may be lost too), then silence, lets its timeout re-ACK."""
     transfer = make(b"s" * 512 * 40, {"windowsize": "8"})
     sent(transfer)
     ack(transfer, 0, 0.0)
@@ -495,9 +496,71 @@ def test_a_stalled_rfc7440_window_is_resent_once_then_left_to_the_receivers_time
     while (deadline := transfer.get_timer()) is not None and deadline < 5.0:
         transfer.handle_timer(deadline)
         resent += blocks(sent(transfer))
-    assert resent == list(range(9, 17))  # once, whole
+    assert resent == list(range(9, 17)) + list(range(17, 25))  # the window once, the next one once
     assert transfer.get_timer() == pytest.approx(0.1 + retransmission_schedule(CONFIG).give_up)
-    assert blocks(ack(transfer, 16, 5.1)) == list(range(17, 25))  # its timeout re-ACK: the next window
+    assert blocks(ack(transfer, 24, 5.1)) == list(range(25, 33))  # its timeout re-ACK: the next window
+
+
+class AtftpWindowReceiver:
+    """atftp 0.8's RFC 7440 receive loop (tftp_file.c, tftp_receive_file), as far as ACKs go: it ACKs
+    once it has counted ``windowsize`` in-order blocks since the last ACK it sent (or the short last
+    block); a block out of order draws one extra ACK of its last in-order block, and after that
+    duplicates and gaps are ignored until the next in-order block."""
+
+    def __init__(self, windowsize: int) -> None:
+        self.windowsize, self.last, self.counted, self.extra_sent = windowsize, 0, 0, False
+
+    def receive(self, block: int, short: bool) -> int | None:
+        """The ACK it sends for DATA ``block``, if any."""
+        if block == (self.last + 1) & 0xFFFF:
+            self.last, self.counted, self.extra_sent = self.last + 1, self.counted + 1, False
+            return self._ack() if self.counted >= self.windowsize or short else None
+        if self.extra_sent:
+            return None
+        self.extra_sent = True
+        return self._ack()
+
+    def _ack(self) -> int:
+        self.counted = 0  # every ACK it sends starts a new count
+        return self.last & 0xFFFF
+
+
+def test_an_atftp_receiver_whose_extra_ack_is_lost_does_not_wait_its_5_s_timeout() -> None:
+    """The stall of a 3% loss capture: block 13 lost, atftp's extra ACK 12 (at block 14) lost too.
+    The window resent from 9 is duplicates up to 12 and four blocks short of its count after: it
+    stayed silent until its 5 s timeout.  The next window, probed once, completes its count; the
+    transfer then goes on in step with it (no half windows of duplicates)."""
+    transfer = make(b"a" * 512 * 40, {"windowsize": "8"})
+    receiver = AtftpWindowReceiver(8)
+    sent(transfer)
+    packets = ack(transfer, 0, 0.05)
+    lost_data, lost_acks = {13}, {12}
+    now = 0.05
+    while not transfer.ended:
+        acks = []
+        for packet in packets:
+            assert isinstance(packet, Data)
+            if packet.block in lost_data:
+                lost_data.discard(packet.block)
+                continue
+            answer = receiver.receive(packet.block, len(packet.payload) < 512)
+            if answer is not None and answer in lost_acks:
+                lost_acks.discard(answer)
+            elif answer is not None:
+                acks.append(answer)
+        now += 0.05
+        if acks:
+            packets = [packet for answer in acks for packet in ack(transfer, answer, now)]
+            continue
+        deadline = transfer.get_timer()
+        assert deadline is not None and deadline < 5.0, "left to the receiver's 5 s timeout"
+        now = deadline
+        transfer.handle_timer(now)
+        packets = sent(transfer)
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.COMPLETED
+    assert receiver.last == 41 and now < 2.0
+    assert transfer.stats.retransmits <= 8 + 4  # the window resent, and the probe's first ACK's half
 
 
 def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:

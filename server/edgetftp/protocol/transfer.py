@@ -34,13 +34,14 @@ only a timeout, or an RFC 7440 gap ACK, resends.
 
 Reflection (TFTP has no handshake; see docs/hardening.md): until the client's first ACK only the
 first reply is sent, and only the client's repeated RRQ brings it again (``request_repeated``).  A
-stalled RFC 7440 window is resent whole once by our timer, then only for the receiver's own timeout
-re-ACK; a stalled anticipation window is resent halved once, then the first unacknowledged block
-alone, at most ``retries`` times per stall.  Every DATA
-is paid from the client address's ``SendBudget`` first; a refused one is neither queued nor
-counted, and the timer is set to when the budget allows it.  The silence tolerated before giving up
-is capped by ``max_silence`` whatever timeout the client negotiated, and is shorter before the
-first ACK (``retransmission_schedule`` computes both; tests derive their bounds from it).
+stalled RFC 7440 window is resent whole once by our timer (then, for a proven client, the next
+window once, in case the receiver's ACK was lost), then only for the receiver's own timeout re-ACK;
+a stalled anticipation window is resent halved once, then the first unacknowledged block alone, at
+most ``retries`` times per stall.  Every DATA is paid from the client address's ``SendBudget``
+first; a refused one is neither queued nor counted, and the timer is set to when the budget
+allows it.  The silence tolerated before giving up is capped by ``max_silence`` whatever timeout
+the client negotiated, and is shorter before the first ACK (``retransmission_schedule`` computes
+both; tests derive their bounds from it).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ CEILING_EVIDENCE = 2  # a repeated loss lowers the ceiling only within this many
 INITIAL_WINDOW = 2  # blocks beyond the first ACK for a lock-step client: an unproven address
 UNPROVEN_RESENDS = 1  # timeout resends per stall until a second ACK has made progress
 WINDOWED_RESENDS = 1  # timeout resends per stall of an RFC 7440 window; then the receiver's re-ACKs
+WINDOWED_PROBES = 1  # then, once proven, the next window per stall: the receiver's ACK may be lost
 PLAUSIBLE_RTT_FRACTION = 0.5  # an ACK for the initial window sooner than this x the first RTT is blind
 SLOW_START_GAIN = 2  # blocks added to the window per block acknowledged in slow start
 ANTICIPATION_MAX_BYTES = 2**20  # in flight for a lock-step client at most (socket buffers, NIC rings)
@@ -160,11 +162,12 @@ def retransmission_schedule(
 
 
 def _resend_limit(retries: int, proven: bool, windowed: bool) -> int:
-    """Timer resends per stall.  An RFC 7440 receiver gets its window once, then only for its own
-    timeout re-ACK: it keeps (atftp: ignores) blocks it holds, and each block resent to it restarts
-    its timer, so our later single-block resends kept it silent until we gave up."""
+    """Timer resends per stall.  An RFC 7440 receiver gets its window once (and, once proven, the
+    next window once: ``_probe_next_window``), then only for its own timeout re-ACK: it keeps (atftp:
+    ignores) blocks it holds, and each block resent to it restarts its timer, so our later
+    single-block resends kept it silent until we gave up."""
     if windowed:
-        return min(retries, WINDOWED_RESENDS)
+        return min(retries, WINDOWED_RESENDS + (WINDOWED_PROBES if proven else 0))
     return retries if proven else min(retries, UNPROVEN_RESENDS)
 
 
@@ -187,6 +190,7 @@ class TransferSnapshot:
     last_block: int | None  # known once the end of the file has been encoded
     window: int  # blocks allowed beyond the last ACK now
     window_cap: int  # the most ``window`` may grow to
+    windowed: bool  # RFC 7440: the window is the negotiated windowsize (and a stall may probe the next)
     window_ceiling: int  # ``window_cap`` lowered by losses that repeat at one size (a small ring)
     peer_confirmed: bool
     eof: bool
@@ -230,6 +234,7 @@ class ReadTransfer:
         self._clean_since_loss = 0  # blocks acknowledged since the last timeout
         self._clean_acks = 0  # blocks acknowledged since the window last grew (above ssthresh)
         self._go_back_on_ack = False  # RFC 7440: an ACK inside the window reports a gap
+        self._probed_from: int | None = None  # the first block of a stall's probe (_probe_next_window)
         self._base_rto = config.timeout
         self._max_rto = config.max_timeout
         self._rto = config.timeout
@@ -350,8 +355,10 @@ class ReadTransfer:
             # start a download it will never use.
             return 0
         # In netascii a block holds at most blksize file bytes, so this is enough there too.  The
-        # window in use, not its cap: a streamed file is held as far as it is being sent.
-        target = (self._acked + self._cwnd + self._config.read_ahead) * self._blksize
+        # window in use, not its cap: a streamed file is held as far as it is being sent (for RFC
+        # 7440, the next window too: a stall may probe it, _probe_next_window).
+        ahead = self._cwnd + (self._window if self._go_back_on_ack else 0)
+        target = (self._acked + ahead + self._config.read_ahead) * self._blksize
         return max(0, target - self._fed)
 
     def abort(
@@ -470,6 +477,7 @@ class ReadTransfer:
             last_block=self._last_block,
             window=self._cwnd if self._peer_confirmed else 1,
             window_cap=self._window,
+            windowed=self._go_back_on_ack,
             window_ceiling=self._cwnd_ceiling,
             peer_confirmed=self._peer_confirmed,
             eof=self._eof,
@@ -537,11 +545,12 @@ class ReadTransfer:
         if last is not None and block >= last:
             self._end(Outcome.COMPLETED, now)
             return
-        if self._go_back_on_ack or self._next <= block:
+        probe_answered = self._probed_from is not None and self._probe_answered(block)
+        if self._next <= block or (self._go_back_on_ack and not probe_answered):
             # RFC 7440: an ACK inside the window reports a gap, so resend from it.  Either way never
             # resend what is acknowledged (a late ACK can overtake a timeout's rewind).
             self._next = block + 1
-            self._window_sent_at = now
+        self._window_sent_at = now
         self._deadline = None
         self._fill(now)
 
@@ -589,14 +598,37 @@ class ReadTransfer:
         self._retries += 1
         self._rto = min(self._rto * 2, self._max_rto)
         self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
+        self._window_sent_at = now
+        if self._go_back_on_ack and self._retries > WINDOWED_RESENDS:
+            self._probe_next_window(now)
+            return
         self._next = self._acked + 1
         # The first resend of a proven stall is the (halved, for anticipation) window; an unproven
         # session's receiver re-ACKs on its own timeout if it is real (_on_timeout_ack).
         whole_window = self._retries == 1 and self._proven
-        self._window_sent_at = now
         if not self._go_back_on_ack:
             self._shrink_window()
         self._fill(now, whole_window)
+
+    def _probe_next_window(self, now: float) -> None:
+        """The window resent drew no ACK: send the next one, as if the window's ACK had come.
+
+        atftp 0.8 ACKs when it has counted a whole window of in-order blocks since the last ACK it
+        sent, and ignores duplicates after one extra ACK per gap.  When that extra ACK (for block L)
+        is lost, the window resent from our last ACK is all duplicates or short of L + windowsize, so
+        it waited its 5 s timeout (2 of 3 runs of 1 MiB at 3% loss, in a capture).  Blocks up to our
+        highest + windowsize contain L + windowsize whatever L was, so it ACKs that one instead.
+        """
+        window_end = min(self._highest_sent, self._acked + self._window)  # lower after a restart
+        self._next = self._probed_from = window_end + 1
+        self._fill(now, limit=window_end + self._window)
+
+    def _probe_answered(self, block: int) -> bool:
+        """An ACK inside the probed window is the receiver's count completing, not a gap: it holds
+        the probe's later blocks, so going back would send it duplicates, each answered by another
+        mid-window ACK (half a window per round trip, for good)."""
+        probed_from, self._probed_from = self._probed_from, None
+        return probed_from is not None and block >= probed_from
 
     def _shrink_window(self) -> None:
         """A timeout while anticipating: the burst overran the path or the client's buffer.
@@ -665,14 +697,16 @@ class ReadTransfer:
         measured = self._srtt + max(0.01, 4 * self._rttvar)
         self._settled_rto = min(self._base_rto, max(self._config.min_timeout, measured))
 
-    def _fill(self, now: float, whole_window: bool = True) -> None:
-        """Send blocks up to the window's edge, as far as the fed data and the budget allow."""
+    def _fill(self, now: float, whole_window: bool = True, limit: int | None = None) -> None:
+        """Send blocks up to the window's edge (or ``limit``), as far as the fed data, the pace and
+        the budget allow."""
         if self._netascii:
-            self._fill_netascii(now, whole_window)
+            self._fill_netascii(now, whole_window, limit)
             return
         self._waiting_to_send = False
         acked, block = self._acked, self._next
-        limit = acked + (self._cwnd if self._peer_confirmed and whole_window else 1)
+        if limit is None:
+            limit = acked + (self._cwnd if self._peer_confirmed and whole_window else 1)
         last = self._last_block
         if last is not None and limit > last:
             limit = last
@@ -722,11 +756,12 @@ class ReadTransfer:
         elif self._deadline is None and highest > acked:
             self._deadline = now + self._rto
 
-    def _fill_netascii(self, now: float, whole_window: bool) -> None:
+    def _fill_netascii(self, now: float, whole_window: bool, limit: int | None) -> None:
         """``_fill`` for netascii: each block is encoded from the raw bytes when it is sent."""
         self._waiting_to_send = False
         acked, block, highest = self._acked, self._next, self._highest_sent
-        limit = acked + (self._cwnd if self._peer_confirmed and whole_window else 1)
+        if limit is None:
+            limit = acked + (self._cwnd if self._peer_confirmed and whole_window else 1)
         budget = self._budget
         if block <= highest:
             self._forget_ambiguous_timing(block, limit)
