@@ -356,7 +356,11 @@ def test_concurrent_opens_share_one_head_and_one_get(endpoint: S3Endpoint, bucke
     assert endpoint.proxy.count("GET", path) == 1
 
 
-def test_size_probe_costs_one_head_and_no_get(endpoint: S3Endpoint, bucket: str) -> None:
+def test_a_size_probe_starts_the_get_that_the_download_after_it_uses(
+    endpoint: S3Endpoint, bucket: str
+) -> None:
+    """The GET of a held object starts with the OACK (it overlaps the client's round trip to ACK 0),
+    so a UEFI size probe starts it too; probe and download still cost one HEAD and one GET."""
     data = payload(500_000, 5)
     endpoint.put(bucket, "boot/shimx64.efi", data)
 
@@ -366,9 +370,9 @@ def test_size_probe_costs_one_head_and_no_get(endpoint: S3Endpoint, bucket: str)
         try:
             probe = await source.open("shimx64.efi")  # RRQ with tsize=0 ...
             assert probe.size == len(data)
-            await probe.aclose()  # ... then ERROR 8 from the client
-            assert endpoint.proxy.count("HEAD") == 1
-            assert endpoint.proxy.count("GET") == 0
+            await probe.aclose()  # ... then ERROR 8 from the client, before any read
+            await asyncio.sleep(0)
+            assert events(source).cache["fetch"] == 1  # the body is on its way all the same
             assert await fetch(source, "shimx64.efi") == data  # the real download that follows
         finally:
             await source.aclose()
@@ -376,6 +380,27 @@ def test_size_probe_costs_one_head_and_no_get(endpoint: S3Endpoint, bucket: str)
     run(scenario)
     assert endpoint.proxy.count("HEAD") == 1
     assert endpoint.proxy.count("GET") == 1
+
+
+def test_a_size_probe_of_a_streamed_object_costs_no_get(endpoint: S3Endpoint, bucket: str) -> None:
+    """An object above --cache-object-max is streamed, one ranged GET per transfer from ACK 0: a
+    probe that ends at the OACK must not start one."""
+    data = payload(3 * MiB, 6)
+    endpoint.put(bucket, "boot/big.img", data)
+
+    async def scenario() -> None:
+        source = make_source(endpoint, bucket, cache_bytes=2 * MiB, cache_object_max=MiB)
+        await source.start()
+        try:
+            probe = await source.open("big.img")
+            assert probe.size == len(data)
+            await probe.aclose()
+            await asyncio.sleep(0.1)
+        finally:
+            await source.aclose()
+
+    run(scenario)
+    assert (endpoint.proxy.count("HEAD"), endpoint.proxy.count("GET")) == (1, 0)
 
 
 def test_missing_keys_are_remembered_for_the_negative_ttl(endpoint: S3Endpoint, bucket: str) -> None:
@@ -837,7 +862,7 @@ def test_e2e_errors_carry_no_s3_text(endpoint: S3Endpoint, s3_server: ServerProc
     assert all("boot-other" not in r.path for r in endpoint.proxy.requests())
 
 
-def test_e2e_size_probe_costs_one_head_and_no_get(
+def test_e2e_size_probe_and_its_download_cost_one_head_and_one_get(
     endpoint: S3Endpoint, e2e_bucket: str, s3_server: ServerProcess
 ) -> None:
     name = f"probe-{uuid.uuid4().hex[:8]}.efi"
@@ -849,10 +874,8 @@ def test_e2e_size_probe_costs_one_head_and_no_get(
         client.rrq(name, tsize=0, blksize=1468)  # EDK II: ask the size ...
         packet, address = client.receive()
         assert isinstance(packet, OptionAck) and packet.options["tsize"] == str(len(data))
-        client.abort(address)  # ... then ERROR 8
-        time.sleep(0.2)
-        assert (endpoint.proxy.count("HEAD", path), endpoint.proxy.count("GET", path)) == (1, 0)
-        fetched = client.fetch(name, blksize=1468)  # and the download that follows
+        client.abort(address)  # ... then ERROR 8 (the GET started with the OACK all the same)
+        fetched = client.fetch(name, blksize=1468)  # and the download that follows uses it
     assert fetched.data == data
     assert (endpoint.proxy.count("HEAD", path), endpoint.proxy.count("GET", path)) == (1, 1)
 

@@ -352,7 +352,7 @@ class ReadTransfer:
         """How many more file bytes the transfer would like buffered now (0: enough)."""
         if self._eof or self.state is not _SENDING:
             # Nothing before the client's ACK 0: a UEFI size probe (OACK, then ERROR 8) must not
-            # start a download it will never use.
+            # start a stream it will never use (the S3 source fetches a held object on its own).
             return 0
         # In netascii a block holds at most blksize file bytes, so this is enough there too.  The
         # window in use, not its cap: a streamed file is held as far as it is being sent (for RFC

@@ -230,12 +230,16 @@ class SingleFlight(Generic[Key, Value]):
         self._running: dict[Key, asyncio.Task[Value]] = {}
 
     async def run(self, key: Key, work: Callable[[], Awaitable[Value]]) -> Value:
+        return await asyncio.shield(self.start(key, work))
+
+    def start(self, key: Key, work: Callable[[], Awaitable[Value]]) -> asyncio.Task[Value]:
+        """The task doing ``work`` for ``key``: the one in flight, or a new one (nobody need wait)."""
         task = self._running.get(key)
         if task is None:
             task = asyncio.ensure_future(work())
             self._running[key] = task
             task.add_done_callback(partial(self._finished, key))
-        return await asyncio.shield(task)
+        return task
 
     def in_flight(self) -> int:
         return len(self._running)
@@ -305,6 +309,11 @@ class EdgeCache:
         if held is not None:
             return held.view()
         return await self._fetches.run((key, info.etag), partial(self._fetch, key, info))
+
+    def prefetch(self, key: str, info: ObjectInfo) -> None:
+        """Start fetching the body unless it is held or on its way; ``body`` then joins the fetch."""
+        if self.bodies.get((key, info.etag)) is None:
+            self._fetches.start((key, info.etag), partial(self._fetch, key, info))
 
     def invalidate(self, key: str) -> None:
         """Forget ``key`` (it changed under a reader); the next resolve asks the store again."""

@@ -564,6 +564,10 @@ class S3Source(Source):
         if resolved.info.size == 0:
             return MemoryContent(EMPTY)
         if self.cache.keeps_body(resolved.info):
+            # The GET starts with the OACK, so it runs during the client's round trip to ACK 0 and
+            # the first DATA waits for one S3 round trip (the HEAD), not two.  A UEFI size probe
+            # starts it too; the download that follows the probe joins or finds it.
+            self.cache.prefetch(key, resolved.info)
             return CachedObjectContent(self.cache, key, resolved.info)
         return StreamedContent(ObjectReader(self.store, key, resolved.info), self.cache.invalidate)
 
