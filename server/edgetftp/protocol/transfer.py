@@ -546,11 +546,12 @@ class ReadTransfer:
             self._end(Outcome.COMPLETED, now)
             return
         probe_answered = self._probed_from is not None and self._probe_answered(block)
-        if self._next <= block or (self._go_back_on_ack and not probe_answered):
+        if self._go_back_on_ack or self._next <= block:
             # RFC 7440: an ACK inside the window reports a gap, so resend from it.  Either way never
             # resend what is acknowledged (a late ACK can overtake a timeout's rewind).
-            self._next = block + 1
-        self._window_sent_at = now
+            if self._next <= block or not probe_answered:
+                self._next = block + 1
+            self._window_sent_at = now
         self._deadline = None
         self._fill(now)
 
@@ -744,7 +745,8 @@ class ReadTransfer:
             block += 1
             sent += 1
             start += blksize
-        self._pace_tokens = tokens
+        if rate:
+            self._pace_tokens = tokens  # unpaced, nothing is counted (no debt when pacing starts)
         if sent:  # _account, inlined on the hot path
             stats = self.stats
             stats.retransmits += sent - (highest - self._highest_sent)
@@ -789,7 +791,8 @@ class ReadTransfer:
                 new_bytes += len(payload)
             block += 1
             sent += 1
-        self._pace_tokens = tokens
+        if rate:
+            self._pace_tokens = tokens
         self._account(sent, block, highest, new_bytes, now)
 
     def _encode_block(self, block: int) -> bytes | None:
