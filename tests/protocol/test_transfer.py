@@ -878,11 +878,18 @@ def test_a_budget_wait_always_ends_later_and_the_transfer_completes() -> None:
     assert now >= (len(data) - 300_000) / 300_000  # paced by the budget, not faster
 
 
-def send_over_a_path(transfer: ReadTransfer, one_way: float, now: float) -> list[tuple[float, int]]:
+def send_over_a_path(
+    transfer: ReadTransfer,
+    one_way: float,
+    now: float,
+    rising: float = 0.0,
+    windows: list[int] | None = None,
+) -> list[tuple[float, int]]:
     """Drive ``transfer`` from ``now`` (its datagrams not drained yet) over a lossless path of
     ``one_way`` seconds each way to a lock-step client that ACKs each block the instant it arrives (a
-    fast client: its ACKs come back as bunched as the blocks reached it).  Returns (time sent,
-    block) for every DATA, until the transfer ends."""
+    fast client: its ACKs come back as bunched as the blocks reached it).  ``rising`` seconds are
+    added to the delay per DATA sent (a queue filling); ``windows`` collects the window after each
+    step.  Returns (time sent, block) for every DATA, until the transfer ends."""
     clock = itertools.count()
     pending: list[tuple[float, int, bytes]] = []  # (when, order, datagram): DATA to the client or ACK back
     sends: list[tuple[float, int]] = []
@@ -893,7 +900,9 @@ def send_over_a_path(transfer: ReadTransfer, one_way: float, now: float) -> list
             packet = decode(datagram)
             if isinstance(packet, Data):
                 sends.append((now, packet.block))
-                heapq.heappush(pending, (now + one_way, next(clock), datagram))
+                heapq.heappush(pending, (now + one_way + rising * len(sends), next(clock), datagram))
+        if windows is not None:
+            windows.append(transfer.snapshot().window)
 
     drain()
     while not transfer.ended:
@@ -930,7 +939,9 @@ def test_pacing_spreads_a_large_anticipation_window_over_the_round_trip() -> Non
     transfer = make(bytes(512 * 2048), {"blksize": "512", "tsize": "0"}, config)
     sent(transfer)  # the OACK
     transfer.receive_datagram(encode_ack(0), rtt)  # one round trip measured: pacing starts now
-    sends = send_over_a_path(transfer, rtt / 2, rtt)
+    windows: list[int] = []
+    sends = send_over_a_path(transfer, rtt / 2, rtt, windows=windows)
+    assert max(windows) == cap
     event = transfer.next_event()
     assert event is not None and event.outcome is Outcome.COMPLETED
     assert [block for _, block in sends] == [block & 0xFFFF for block in range(1, 2050)]  # no resend
@@ -984,3 +995,17 @@ def test_a_streamed_file_is_read_ahead_of_the_window_in_use_not_of_its_cap() -> 
     assert transfer.bytes_wanted() == 0  # nothing before ACK 0 (a size probe costs no download)
     transfer.receive_datagram(encode_ack(0), 0.05)
     assert transfer.bytes_wanted() == (2 + 32) * 1428  # the initial window and the read-ahead
+
+
+def test_a_rising_round_trip_keeps_the_window_within_the_unpaced_cap() -> None:
+    """HyStart's delay test: a round trip that keeps growing is a queue filling (a busy server, a
+    receiver that cannot keep up), not a long path.  A storm of 200 transfers on loopback grew
+    windows of 256 that its client's sockets dropped; the window stops at 64 there."""
+    transfer = make(bytes(512 * 2048), {"blksize": "512", "tsize": "0"}, TransferConfig(anticipate=256))
+    sent(transfer)
+    transfer.receive_datagram(encode_ack(0), 0.05)
+    windows: list[int] = []
+    send_over_a_path(transfer, 0.025, 0.05, rising=0.0002, windows=windows)  # +0.2 ms per block
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.COMPLETED
+    assert max(windows) == UNPACED_WINDOW

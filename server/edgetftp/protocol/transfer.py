@@ -245,7 +245,7 @@ class ReadTransfer:
         self._settled_rto = config.timeout  # the timeout after progress: measured, or the base
         self._srtt: float | None = None  # smoothed round-trip time (RFC 6298)
         self._min_rtt = float("inf")  # the shortest sample: the path's round trip without queues
-        self._queueing = False  # the last sample was well above the shortest (_note_queueing)
+        self._flat_at_cap = False  # the last sample, taken at UNPACED_WINDOW or more, showed no queue
         self._rttvar = 0.0
         self._timed_block: int | None = None  # the block whose round trip is being timed (0: the OACK)
         self._timed_at = 0.0
@@ -710,24 +710,27 @@ class ReadTransfer:
 
     def _note_queueing(self, sample: float) -> None:
         """HyStart's delay test: a round trip well above the shortest means a queue is filling (a busy
-        server, a slow receiver).  Then the window does not grow beyond ``UNPACED_WINDOW``, and slow
-        start ends where it is.
+        server, a slow receiver).  The window grows beyond ``UNPACED_WINDOW`` only after a sample
+        taken at that size or more came back flat, and slow start ends where a queue shows.
 
         A storm of 200 transfers on loopback grew windows of 256 that the load generator's sockets
         dropped (14,000-45,000 DATA out of order per run against 0-2,000 with a cap of 64); on a clean
-        long path the round trip stays flat and the window still triples up to the cap.
+        long path the round trip stays flat, and the window waits one round trip at 64, then triples.
+        (One block is timed per round trip, so without the wait slow start jumped from 56 to 164
+        before the first sample that could show the queue.)
         """
         rise = min(max(self._min_rtt / 8, HYSTART_DELAY_MIN), HYSTART_DELAY_MAX)
-        self._queueing = sample > self._min_rtt + rise
-        if self._queueing and UNPACED_WINDOW <= self._cwnd < self._ssthresh:
+        queueing = sample > self._min_rtt + rise
+        if queueing and UNPACED_WINDOW <= self._cwnd < self._ssthresh:
             self._ssthresh = self._cwnd
+        self._flat_at_cap = not queueing and self._cwnd >= UNPACED_WINDOW
 
     def _update_pacing(self) -> None:
         """Whether the window is paced, and so how far it may grow: on a path whose shortest round trip
         is long.  Not the smoothed RTT: a busy server's queues lengthen that on loopback too, and a
         storm of 200 transfers then grew windows of 256 that the load generator's sockets dropped."""
         self._paced = self._min_rtt >= PACING_MIN_RTT and not self._go_back_on_ack and self._window > 1
-        grows = self._paced and not self._queueing
+        grows = self._paced and self._flat_at_cap
         self._growth_limit = self._window if grows else min(self._window, UNPACED_WINDOW)
 
     def _fill(self, now: float, whole_window: bool = True, limit: int | None = None) -> None:
