@@ -139,7 +139,7 @@ class Settings(BaseModel):
         description=(
             "most blocks sent ahead of the last ACK for clients without windowsize (0 = lock-step); "
             "the window starts at 2 blocks and triples per clean round trip up to it "
-            "(beyond 64 only when paced: a round trip of 5 ms or more)"
+            "(beyond 64 only when paced: a shortest round trip of 5 ms or more, and no queue building)"
         ),
         json_schema_extra=_meta("BLOCKS"),
     )

@@ -24,11 +24,12 @@ Sending: at most ``cwnd`` blocks beyond the last acknowledged one.  For an RFC 7
 is the negotiated windowsize (its receiver only ACKs a whole window, so it is always sent whole).
 For a lock-step client with anticipation on, ``cwnd`` starts at ``INITIAL_WINDOW`` and grows by slow
 start (x3 per clean round trip) up to ``anticipate`` or the first loss, then by one block per clean
-window (AIMD); a timeout halves it.  Once the round trip is measured (and is at least
+window (AIMD); a timeout halves it.  Once the shortest round trip is measured (and is at least
 ``PACING_MIN_RTT``), an anticipation window is paced (``_pace_rate``): a token bucket of blocks
 fills at a multiple of cwnd per smoothed RTT, so slow start's bursts (three blocks per ACK, at the
-client's own speed) do not pile up in the client's socket buffer or NIC ring.  Unpaced, the window
-stops at ``UNPACED_WINDOW``.  Duplicate ACKs
+client's own speed) do not pile up in the client's socket buffer or NIC ring.  Beyond
+``UNPACED_WINDOW`` the window grows only while paced and while no queue shows in the round trip
+(``_note_queueing``).  Duplicate ACKs
 send nothing (Sorcerer's Apprentice) unless they are a receiver's own timeout (``_on_timeout_ack``);
 only a timeout, or an RFC 7440 gap ACK, resends.
 
