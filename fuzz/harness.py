@@ -45,6 +45,7 @@ from edgetftp.protocol import (
 from edgetftp.protocol.codes import Opcode
 from edgetftp.protocol.netascii import encode_netascii
 from edgetftp.protocol.packets import encode_ack, encode_error, encode_request
+from edgetftp.protocol.transfer import TransferSnapshot
 
 T = TypeVar("T")
 
@@ -55,6 +56,12 @@ PATTERN = bytes(range(256)) * 1024
 
 #: Firings beyond ``retries`` that a fast (RTT-based) timeout may take to use up the patience.
 EXTRA_FIRINGS = 64
+
+
+def reach(snapshot: TransferSnapshot) -> int:
+    """Blocks beyond the last ACK a confirmed transfer may send: its cap, or for an RFC 7440 window
+    twice that (a stall probes the next window, ``ReadTransfer._probe_next_window``)."""
+    return snapshot.window_cap * (2 if snapshot.windowed else 1)
 
 
 class InvariantViolation(Exception):
@@ -110,11 +117,9 @@ class CheckedTransfer:
 
     @property
     def window(self) -> int:
-        """How far beyond the last ACK a DATA may be: an RFC 7440 stall may probe the next window."""
+        """How far beyond the last ACK a DATA may be."""
         snapshot = self.transfer.snapshot()
-        if not snapshot.peer_confirmed:
-            return 1
-        return snapshot.window_cap * (2 if snapshot.windowed else 1)
+        return reach(snapshot) if snapshot.peer_confirmed else 1
 
     # --- driver calls (legal ones; illegal ones must raise LocalProtocolError) ---
 
@@ -309,8 +314,8 @@ class CheckedTransfer:
         require(snapshot.retries <= self.config.retries, "unbounded retries")
         if self.streamed:
             blksize = transfer.stats.blksize
-            reach = snapshot.window_cap * (2 if snapshot.windowed else 1)  # an RFC 7440 probe's too
-            bound = self.expansion * ((reach + self.config.read_ahead + 1) * blksize + self.largest_chunk)
+            ahead = reach(snapshot) + self.config.read_ahead + 1
+            bound = self.expansion * (ahead * blksize + self.largest_chunk)
             require(snapshot.buffered <= bound, f"buffer {snapshot.buffered} > bound {bound}")
 
 

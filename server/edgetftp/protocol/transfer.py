@@ -553,7 +553,11 @@ class ReadTransfer:
         if last is not None and block >= last:
             self._end(Outcome.COMPLETED, now)
             return
-        probe_answered = self._probed_from is not None and self._probe_answered(block)
+        # An ACK inside a stall's probed window is the receiver's count completing, not a gap: it
+        # holds the probe's later blocks, so going back would send it duplicates, each answered by
+        # another mid-window ACK (half a window per round trip, for good).
+        probed_from, self._probed_from = self._probed_from, None
+        probe_answered = probed_from is not None and block >= probed_from
         if self._go_back_on_ack or self._next <= block:
             # RFC 7440: an ACK inside the window reports a gap, so resend from it.  Either way never
             # resend what is acknowledged (a late ACK can overtake a timeout's rewind).
@@ -632,13 +636,6 @@ class ReadTransfer:
         self._next = self._probed_from = window_end + 1
         self._fill(now, limit=window_end + self._window)
 
-    def _probe_answered(self, block: int) -> bool:
-        """An ACK inside the probed window is the receiver's count completing, not a gap: it holds
-        the probe's later blocks, so going back would send it duplicates, each answered by another
-        mid-window ACK (half a window per round trip, for good)."""
-        probed_from, self._probed_from = self._probed_from, None
-        return probed_from is not None and block >= probed_from
-
     def _shrink_window(self) -> None:
         """A timeout while anticipating: the burst overran the path or the client's buffer.
 
@@ -660,9 +657,10 @@ class ReadTransfer:
         """Slow start (``SLOW_START_GAIN`` more blocks per block acknowledged) up to ssthresh, then +1
         per clean window, up to the ceiling; the ceiling recovers after a long clean run.
 
-        Beyond ``UNPACED_WINDOW`` only while paced: below ``PACING_MIN_RTT`` nothing spreads a window,
-        and 64 blocks already fill such a path (64 x 1432 B per 5 ms is 147 Mbit/s), while 256 blocks
-        sent back to back overflowed a slow client's socket buffer on loopback."""
+        Beyond ``UNPACED_WINDOW`` only up to ``_growth_limit`` (``_update_pacing``): while paced, and
+        once a round trip at that size came back flat.  Below ``PACING_MIN_RTT`` nothing spreads a
+        window, and 64 blocks already fill such a path (64 x 1432 B per 5 ms is 147 Mbit/s), while 256
+        blocks sent back to back overflowed a slow client's socket buffer on loopback."""
         ceiling = self._cwnd_ceiling
         limit = min(ceiling, self._growth_limit)
         if self._cwnd < self._ssthresh:
@@ -752,8 +750,7 @@ class ReadTransfer:
         if block <= highest:
             self._forget_ambiguous_timing(block, limit)
         outgoing, budget = self._outgoing, self._budget
-        rate = self._pace_rate()
-        tokens = self._pace_tokens_at(rate, now) if rate else 0.0
+        rate, tokens = self._pace_start(now)
         start = (block - 1) * blksize
         sent = new_bytes = 0
         while block <= limit:
@@ -803,8 +800,7 @@ class ReadTransfer:
         budget = self._budget
         if block <= highest:
             self._forget_ambiguous_timing(block, limit)
-        rate = self._pace_rate()
-        tokens = self._pace_tokens_at(rate, now) if rate else 0.0
+        rate, tokens = self._pace_start(now)
         sent = new_bytes = 0
         while block <= limit and (self._last_block is None or block <= self._last_block):
             if rate and tokens < 1.0:
@@ -864,7 +860,7 @@ class ReadTransfer:
 
         Without pacing, each ACK in slow start released three blocks at once, as fast as the client
         had ACKed: the bursts piled up in its socket buffer.  A window above 64 blocks then overflowed
-        curl's and busybox's (90-106 drops per 1 MiB, measured at the client sockets), so the window
+        curl's and busybox's (25-106 drops per 1 MiB, measured at the client sockets), so the window
         stayed at 64 and 512-byte clients needed 32 round trips for 1 MiB.  An RFC 7440 window is
         never paced: its receiver ACKs only the whole window, so spreading it would delay that ACK.
         """
@@ -874,11 +870,15 @@ class ReadTransfer:
         gain = PACING_GAIN_SLOW_START if self._cwnd < self._ssthresh else PACING_GAIN
         return gain * self._cwnd / srtt
 
-    def _pace_tokens_at(self, rate: float, now: float) -> float:
-        """The bucket's blocks at ``now``: it fills at ``rate`` and holds ``PACING_QUANTUM`` of it."""
+    def _pace_start(self, now: float) -> tuple[float, float]:
+        """The pace (blocks per second; 0: not paced) and the bucket's blocks at ``now``: it fills
+        at that rate and holds ``PACING_QUANTUM`` of it."""
+        rate = self._pace_rate()
+        if not rate:
+            return 0.0, 0.0
         tokens = self._pace_tokens + (now - self._pace_at) * rate
         self._pace_at = now
-        return min(tokens, max(PACING_MIN_BURST, rate * PACING_QUANTUM))
+        return rate, min(tokens, max(PACING_MIN_BURST, rate * PACING_QUANTUM))
 
     def _wait_for_pace(self, rate: float, tokens: float, now: float) -> None:
         """Sleep until a small burst may leave: a wake-up per block would cost more than it spreads."""
