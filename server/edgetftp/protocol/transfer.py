@@ -267,7 +267,7 @@ class ReadTransfer:
         self._retries = 0  # retransmissions in the current stall
         self._patience = 0.0  # seconds of client silence before giving up (set by accept, first ACK)
         self._client_timeout: float | None = None
-        self._last_progress = now
+        self._last_heard = now  # progress or a duplicate ACK: patience counts from it
         # the file's bytes as fed (raw: netascii is encoded per block when sent)
         self._size: int | None = None  # pinned by accept()
         self._buffer = memoryview(b"")
@@ -308,7 +308,7 @@ class ReadTransfer:
             self._max_rto = max(self._max_rto, self._base_rto)
         self._rto = self._settled_rto = self._base_rto
         self._patience = retransmission_schedule(config, self._client_timeout, confirmed=False).give_up
-        self._last_progress = now
+        self._last_heard = now
         self.stats.blksize, self.stats.size = self._blksize, size
         if self._go_back_on_ack:
             self.stats.windowsize = self._window
@@ -414,7 +414,7 @@ class ReadTransfer:
         deadline = self.get_timer()
         if deadline is None or now < deadline or self.state is State.ENDED:
             return
-        give_up_at = self._last_progress + self._patience  # the same sum as in get_timer
+        give_up_at = self._last_heard + self._patience  # the same sum as in get_timer
         if now >= give_up_at:
             self._give_up(now)
             return
@@ -422,9 +422,12 @@ class ReadTransfer:
             self._deadline = None
             self._fill(now)  # the budget has refilled: go on where it stopped
             return
+        # Karn's rule, for the resends we withhold too: past our timeout the client may have resent
+        # (curl re-ACKs after 5 s; a lost ACK 0 timed the OACK at 12 s and paced at 1 block per 4 s).
+        self._forget_timing()
         if self._peer_confirmed and self._retries < self._resend_limit():
-            self._retransmit(now)
-            self._deadline = min(now + self._rto, give_up_at)
+            self._deadline = None
+            self._retransmit(now)  # its fill sets the wake-up: the pace (it was lost here) or the timeout
         else:
             # Before the first ACK nothing is resent here (no reflection): only the client's own
             # repeated RRQ brings the first reply again (request_repeated).  After the resends:
@@ -457,7 +460,7 @@ class ReadTransfer:
         deadline = self._deadline
         if deadline is None:
             return None
-        give_up_at = self._last_progress + self._patience  # a client's long timeout never outlasts it
+        give_up_at = self._last_heard + self._patience  # a client's long timeout never outlasts it
         return deadline if deadline < give_up_at else give_up_at
 
     def datagrams_to_send(self) -> list[bytes]:
@@ -536,6 +539,9 @@ class ReadTransfer:
         if block <= acked:
             if block == acked:
                 self.stats.duplicate_acks += 1  # never answered: that is the Sorcerer's Apprentice bug
+                # ... but the client is not silent: curl re-ACKs every 5 s, and counting only progress
+                # ended transfers it was still asking for (2 in 1,000 simulated at 10% loss each way).
+                self._last_heard = now
                 if now - self._window_sent_at >= self._settled_rto and (
                     self._go_back_on_ack or self._retries >= self._resend_limit()
                 ):
@@ -610,7 +616,6 @@ class ReadTransfer:
         """
         self._retries += 1
         self._rto = min(self._rto * 2, self._max_rto)
-        self._timed_block = None  # Karn: a retransmitted packet's round trip is ambiguous
         self._window_sent_at = now
         if self._go_back_on_ack and self._retries > WINDOWED_RESENDS:
             self._probe_next_window(now)
@@ -677,7 +682,7 @@ class ReadTransfer:
     def _on_progress(self, block: int, now: float) -> None:
         """An ACK moved the transfer forward: reset the retries and the backoff."""
         self._retries = 0
-        self._last_progress = now
+        self._last_heard = now
         timed = self._timed_block
         if timed is not None and block >= timed:
             self._timed_block = None
@@ -692,7 +697,14 @@ class ReadTransfer:
         """
         timed = self._timed_block
         if timed is not None and first <= timed <= last:
-            self._timed_block = None
+            self._forget_timing()
+
+    def _forget_timing(self) -> None:
+        """Drop the round trip being timed, and time the next new block instead of one
+        ``TIMING_INTERVAL`` later: a stall every few blocks (curl at 10% loss) otherwise cancelled
+        every sample, and the RTO stayed at curl's negotiated 5 s for the whole transfer."""
+        self._timed_block = None
+        self._next_timed = 0
 
     def _sample_round_trip(self, sample: float) -> None:
         """RFC 6298 smoothing; the timeout stays between the floor and the configured/negotiated one."""
@@ -760,7 +772,7 @@ class ReadTransfer:
                     break  # the driver has not fed these bytes yet
                 end = fed
             if rate and tokens < 1.0:
-                self._wait_for_pace(rate, tokens, now)
+                self._wait_for_pace(rate, tokens, limit - block + 1, now)
                 break
             datagram = _pack_data_header(_DATA, block & 0xFFFF) + buffer[start - base : end - base]
             if budget is not None and not budget.take(len(datagram), now):
@@ -804,7 +816,7 @@ class ReadTransfer:
         sent = new_bytes = 0
         while block <= limit and (self._last_block is None or block <= self._last_block):
             if rate and tokens < 1.0:
-                self._wait_for_pace(rate, tokens, now)
+                self._wait_for_pace(rate, tokens, limit - block + 1, now)
                 break
             payload = self._encode_block(block)
             if payload is None:
@@ -880,11 +892,14 @@ class ReadTransfer:
         self._pace_at = now
         return rate, min(tokens, max(PACING_MIN_BURST, rate * PACING_QUANTUM))
 
-    def _wait_for_pace(self, rate: float, tokens: float, now: float) -> None:
-        """Sleep until a small burst may leave: a wake-up per block would cost more than it spreads."""
+    def _wait_for_pace(self, rate: float, tokens: float, left: int, now: float) -> None:
+        """Sleep until a small burst may leave (a wake-up per block would cost more than it spreads),
+        or the ``left`` blocks the window still has room for, if fewer: a window cut to one block by
+        losses waited for four, up to 3.2 round trips at 1.25 x one block per round trip."""
         self._waiting_to_send = True
         self.stats.pace_waits += 1
-        self._deadline = now + max((PACING_MIN_BURST - tokens) / rate, PACING_MIN_WAIT)
+        wanted = min(PACING_MIN_BURST, left) + 1e-6  # a hair more: rounding left 1.999... at the wake
+        self._deadline = now + max((wanted - tokens) / rate, PACING_MIN_WAIT)
 
     def _account(self, sent: int, block: int, highest: int, new_bytes: int, now: float) -> None:
         if sent:
@@ -926,7 +941,7 @@ class ReadTransfer:
             self.stats.final_ack_missing = True
             self._end(Outcome.COMPLETED, now)
         else:
-            silence = now - self._last_progress
+            silence = now - self._last_heard
             self._end(Outcome.TIMED_OUT, now, reason=f"no answer for {silence:.1f} s")
 
     def _fail(self, outcome: Outcome, code: int, message: str, now: float, detail: str = "") -> None:
