@@ -20,6 +20,7 @@ not run and shows "> cap, >= bound"; a run stopped at the cap shows "> cap".  Re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,12 +28,13 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,42 @@ def program_command(client: ClientSpec, host: str, port: int, remote: str, local
     raise ValueError(f"no command for {client.key}")
 
 
+class RunningPrograms:
+    """The client programs running now, so that an interrupted run ends them (by the PIDs it
+    started) instead of the pool running out its queue: Ctrl-C used to leave a matrix going."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._processes: set[subprocess.Popen[bytes]] = set()
+        self._stopping = False
+
+    @contextlib.contextmanager
+    def start(self, command: list[str], cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+        with self._lock:
+            if self._stopping:
+                raise KeyboardInterrupt("the run is being stopped")
+            process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self._processes.add(process)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+            with self._lock:
+                self._processes.discard(process)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for process in self._processes:
+                if process.poll() is None:
+                    process.kill()
+
+
+RUNNING = RunningPrograms()
+
+
 def run_program(
     client: ClientSpec,
     upstream: tuple[str, int],
@@ -177,11 +215,12 @@ def run_program(
     try:
         command = program_command(client, *relay.address, filename, local)
         started = time.monotonic()
-        try:
-            finished = subprocess.run(command, capture_output=True, timeout=cap_s, check=False, cwd=workdir)
-            returncode, note = finished.returncode, _last_line(finished.stderr or finished.stdout)
-        except subprocess.TimeoutExpired:
-            note = f"no exit within {cap_s:g} s"
+        with RUNNING.start(command, workdir) as process:
+            try:
+                out, err = process.communicate(timeout=cap_s)
+                returncode, note = process.returncode, _last_line(err or out)
+            except subprocess.TimeoutExpired:
+                note = f"no exit within {cap_s:g} s"
         client_seconds = time.monotonic() - started
         stats = relay.stats()
     finally:
@@ -357,8 +396,14 @@ def run_cells(cells: list[Cell], context: Context, repeat: int, jobs: int, seed:
         (c for c in to_run if CLIENTS[c.client].kind == "program"), key=expected_seconds, reverse=True
     )
     firmware_cells = [c for c in to_run if CLIENTS[c.client].kind != "program"]
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         list(pool.map(lambda cell: run_cell(cell, repeat, context.run_once, seed), programs))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # the queue: nothing more starts
+        RUNNING.stop_all()  # the programs running now: their threads return at once
+        raise
+    pool.shutdown()
     for cell in firmware_cells:
         run_cell(cell, repeat, context.run_once, seed)
 
@@ -490,8 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # so the servers are stopped as for Ctrl-C
     command = "python -m bench.boottime " + shlex.join(sys.argv[1:] if argv is None else argv)
     os.environ["PYTHONPATH"] = edgetftp_pythonpath(args.edgetftp_src)  # every edgetftp we start, UEFI's too
     plan = Plan(

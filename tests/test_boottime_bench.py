@@ -9,7 +9,12 @@ lock-step cell is reported as "> cap" rather than dropped, and the first-DATA pr
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 SIZE_KIB = 64
 RTT_MS = 20.0
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _programs() -> list[str]:
@@ -172,3 +178,61 @@ def test_edgetftp_args_go_to_edgetftp_servers_only() -> None:
 def test_a_checkout_without_a_server_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--edgetftp-src"):
         boottime.edgetftp_pythonpath(tmp_path)
+
+
+def _process_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, start time in ticks, command name), from /proc."""
+    table: dict[int, tuple[int, str, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # it ended while we looked
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        table[int(stat.parent.name)] = (int(fields[1]), fields[19], name)
+    return table
+
+
+def _descendants(root: int) -> dict[int, tuple[str, str]]:
+    """The processes below ``root``: pid -> (start time, command name); a pid reused later has
+    another start time, so it is never mistaken for one of these."""
+    table = _process_table()
+    found: dict[int, tuple[str, str]] = {}
+    parents = {root}
+    while True:
+        children = {pid for pid, (ppid, _, _) in table.items() if ppid in parents and pid not in found}
+        if not children:
+            return found
+        found.update({pid: table[pid][1:] for pid in children})
+        parents = children
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_ends_its_clients_and_servers(tmp_path: Path, stop_signal: int) -> None:
+    """Ctrl-C used to leave the matrix going: the pool ran out its queue (each client up to the cap),
+    and SIGTERM skipped the clean-up, leaving edgetftp and the client behind."""
+    if not shutil.which("busybox"):
+        pytest.skip("busybox is not installed")
+    argv = ["--clients", "busybox", "--servers", "anticipate0", "--sizes", "1024", "--rtts", "200"]
+    argv += ["--loss", "0", "--repeat", "1", "--timeout", "150", "--output", str(tmp_path / "results")]
+    bench = subprocess.Popen([sys.executable, "-m", "bench.boottime", *argv], cwd=REPO)
+    seen: dict[int, tuple[str, str]] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while not any(name == "busybox" for _, name in seen.values()):  # 147 s of lock-step ahead
+            assert bench.poll() is None and time.monotonic() < deadline, "the client never started"
+            time.sleep(0.2)
+            seen.update(_descendants(bench.pid))
+        bench.send_signal(stop_signal)
+        bench.wait(timeout=30)
+        table = _process_table()
+        left = [name for pid, (started, name) in seen.items() if pid in table and table[pid][1] == started]
+        assert left == []
+    finally:
+        for pid, (started, _) in _descendants(bench.pid).items() | seen.items():
+            if _process_table().get(pid, (0, "", ""))[1] == started:
+                os.kill(pid, signal.SIGKILL)  # only what this test's bench started, by PID
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
