@@ -47,6 +47,7 @@ both; tests derive their bounds from it).
 
 from __future__ import annotations
 
+import math
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ PACING_QUANTUM = 0.002  # seconds of the pacing rate that may leave back to back
 PACING_MIN_BURST = 4  # blocks that may always leave back to back
 PACING_MIN_RTT = 0.005  # below this round trip a window leaves faster than a timer could spread it
 PACING_MIN_WAIT = 0.001  # seconds: the shortest wait for the pace (the drivers' timers are coarser)
+_NOT_PACED = (0.0, math.inf)  # the pace and the bucket of an unpaced fill: no limit, no cost
 UNPACED_WINDOW = 64  # the most an anticipation window grows to while it is not paced
 HYSTART_DELAY_MIN = 0.004  # a round trip this much above the shortest ends slow start beyond 64 blocks
 HYSTART_DELAY_MAX = 0.016  # (an eighth of the shortest, clamped to these, as Linux's HyStart does)
@@ -562,12 +564,13 @@ class ReadTransfer:
         # An ACK inside a stall's probed window is the receiver's count completing, not a gap: it
         # holds the probe's later blocks, so going back would send it duplicates, each answered by
         # another mid-window ACK (half a window per round trip, for good).
-        probed_from, self._probed_from = self._probed_from, None
-        probe_answered = probed_from is not None and block >= probed_from
+        probed_from = self._probed_from
+        if probed_from is not None:
+            self._probed_from = None
         if self._go_back_on_ack or self._next <= block:
             # RFC 7440: an ACK inside the window reports a gap, so resend from it.  Either way never
             # resend what is acknowledged (a late ACK can overtake a timeout's rewind).
-            if self._next <= block or not probe_answered:
+            if self._next <= block or probed_from is None or block < probed_from:
                 self._next = block + 1
             self._window_sent_at = now
         self._deadline = None
@@ -667,7 +670,8 @@ class ReadTransfer:
         window, and 64 blocks already fill such a path (64 x 1432 B per 5 ms is 147 Mbit/s), while 256
         blocks sent back to back overflowed a slow client's socket buffer on loopback."""
         ceiling = self._cwnd_ceiling
-        limit = min(ceiling, self._growth_limit)
+        growth_limit = self._growth_limit
+        limit = ceiling if ceiling < growth_limit else growth_limit  # min(), without its call
         if self._cwnd < self._ssthresh:
             # x3 per round trip: 2 -> 64 in four round trips (doubling took 0.93 s for 1 MiB at 50 ms)
             self._cwnd = min(self._cwnd + SLOW_START_GAIN * acknowledged, self._ssthresh, limit)
@@ -762,7 +766,10 @@ class ReadTransfer:
         if block <= highest:
             self._forget_ambiguous_timing(block, limit)
         outgoing, budget = self._outgoing, self._budget
-        rate, tokens = self._pace_start(now)
+        rate, tokens = self._pace_start(now) if self._paced else _NOT_PACED
+        window_end = limit
+        if rate and block + int(tokens) <= limit:
+            limit = block + int(tokens) - 1  # what the bucket holds; the rest waits for the pace
         start = (block - 1) * blksize
         sent = new_bytes = 0
         while block <= limit:
@@ -771,15 +778,11 @@ class ReadTransfer:
                 if not eof:
                     break  # the driver has not fed these bytes yet
                 end = fed
-            if rate and tokens < 1.0:
-                self._wait_for_pace(rate, tokens, limit - block + 1, now)
-                break
             datagram = _pack_data_header(_DATA, block & 0xFFFF) + buffer[start - base : end - base]
             if budget is not None and not budget.take(len(datagram), now):
                 self._wait_for_budget(budget, len(datagram), now)
                 break
             outgoing.append(datagram)
-            tokens -= 1.0
             if block > highest:
                 if self._timed_block is None and block >= self._next_timed:
                     # One timed block per window is plenty for RFC 6298 and saves the hot path.
@@ -790,8 +793,8 @@ class ReadTransfer:
             block += 1
             sent += 1
             start += blksize
-        if rate:
-            self._pace_tokens = tokens  # unpaced, nothing is counted (no debt when pacing starts)
+        if rate:  # unpaced, nothing is counted (no debt when pacing starts)
+            self._paced_fill_sent(rate, tokens - sent, block, limit, window_end, now)
         if sent:  # _account, inlined on the hot path
             stats = self.stats
             stats.retransmits += sent - (highest - self._highest_sent)
@@ -812,12 +815,12 @@ class ReadTransfer:
         budget = self._budget
         if block <= highest:
             self._forget_ambiguous_timing(block, limit)
-        rate, tokens = self._pace_start(now)
+        rate, tokens = self._pace_start(now) if self._paced else _NOT_PACED
+        window_end = limit
+        if rate and block + int(tokens) <= limit:
+            limit = block + int(tokens) - 1
         sent = new_bytes = 0
         while block <= limit and (self._last_block is None or block <= self._last_block):
-            if rate and tokens < 1.0:
-                self._wait_for_pace(rate, tokens, limit - block + 1, now)
-                break
             payload = self._encode_block(block)
             if payload is None:
                 break  # the driver has not fed these bytes yet
@@ -826,7 +829,6 @@ class ReadTransfer:
                 self._wait_for_budget(budget, len(datagram), now)
                 break
             self._outgoing.append(datagram)
-            tokens -= 1.0
             if block > highest:
                 if self._timed_block is None and block >= self._next_timed:
                     self._timed_block, self._timed_at = block, now
@@ -836,7 +838,7 @@ class ReadTransfer:
             block += 1
             sent += 1
         if rate:
-            self._pace_tokens = tokens
+            self._paced_fill_sent(rate, tokens - sent, block, limit, window_end, now)
         self._account(sent, block, highest, new_bytes, now)
 
     def _encode_block(self, block: int) -> bytes | None:
@@ -887,10 +889,19 @@ class ReadTransfer:
         at that rate and holds ``PACING_QUANTUM`` of it."""
         rate = self._pace_rate()
         if not rate:
-            return 0.0, 0.0
+            return _NOT_PACED
         tokens = self._pace_tokens + (now - self._pace_at) * rate
         self._pace_at = now
         return rate, min(tokens, max(PACING_MIN_BURST, rate * PACING_QUANTUM))
+
+    def _paced_fill_sent(
+        self, rate: float, tokens: float, block: int, limit: int, window_end: int, now: float
+    ) -> None:
+        """After a paced fill: keep what is left in the bucket, and if the bucket (not the window,
+        the data or the budget) stopped the fill at ``limit``, wake up for the rest of the window."""
+        self._pace_tokens = tokens
+        if block > limit and limit < window_end:
+            self._wait_for_pace(rate, tokens, window_end - block + 1, now)
 
     def _wait_for_pace(self, rate: float, tokens: float, left: int, now: float) -> None:
         """Sleep until a small burst may leave (a wake-up per block would cost more than it spreads),
