@@ -540,9 +540,17 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _run(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # so the servers are stopped as for Ctrl-C
+    try:
+        return _run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # so the servers are stopped as for Ctrl-C
     command = "python -m bench.boottime " + shlex.join(sys.argv[1:] if argv is None else argv)
     os.environ["PYTHONPATH"] = edgetftp_pythonpath(args.edgetftp_src)  # every edgetftp we start, UEFI's too
     plan = Plan(
