@@ -675,7 +675,7 @@ def test_a_cancelled_round_trip_sample_times_the_next_new_block() -> None:
     transfer.handle_timer(5.0)  # our timeout: no resend before an ACK, and the OACK times nothing
     assert blocks(ack(transfer, 0, 5.05)) == [1, 2]  # curl's re-ACK; block 1 is timed, and lost
     transfer.handle_timer(10.05)
-    assert blocks(sent(transfer)) == [1]  # resent: block 1 times nothing now
+    assert blocks(sent(transfer)) == [1]  # resent (unproven: one block); it times nothing now
     assert blocks(ack(transfer, 1, 10.1)) == [2, 3]  # 3 is new: timed
     ack(transfer, 2, 10.15)
     ack(transfer, 3, 10.15)  # a round trip of 50 ms
@@ -703,6 +703,49 @@ def test_a_client_that_keeps_re_acking_is_not_given_up_as_silent() -> None:
     assert blocks(ack(transfer, 3, re_ack + 0.05))  # the last one got through: on it goes
 
 
+@pytest.mark.parametrize(
+    ("anticipate", "lost_acks", "lost_data"),
+    [
+        (2, [3, 4], set()),  # at our highest block
+        (4, [3, 4, 4], {5}),  # behind it, and its one answer to our first resend lost too
+    ],
+)
+def test_a_lock_step_client_ahead_of_our_acks_gets_a_block_it_answers(
+    anticipate: int, lost_acks: list[int], lost_data: set[int]
+) -> None:
+    """curl ignores every block before its own and answers only a copy of its last block or the
+    next one.  At 3% loss its ACKs for both blocks of a window cut to 2 were lost: it sat at our
+    highest block while we resent the first unacknowledged one, and our patience ran out long
+    before its own re-ACK (every 72 s by default).  Each resend now carries the highest block, and
+    the later ones the first ``STALL_RESEND_SPAN`` blocks, not one."""
+    data = bytes(1432 * 20)
+    transfer = make(data, dict(CurlReceiver.OPTIONS), TransferConfig(anticipate=anticipate))
+    curl, one_way = CurlReceiver(), 0.025
+    in_flight: list[tuple[float, object]] = [(one_way, packet) for packet in sent(transfer)]
+    now = 0.0
+    while not curl.done:
+        deadline = transfer.get_timer()
+        if in_flight and (deadline is None or in_flight[0][0] <= deadline):
+            now, packet = in_flight.pop(0)
+            if isinstance(packet, Data) and packet.block in lost_data:
+                lost_data.discard(packet.block)  # each loss happens once
+                continue
+            answer = curl.receive(packet, now)
+            if answer is None or answer in lost_acks:
+                if answer is not None:
+                    lost_acks.remove(answer)
+                continue
+            transfer.receive_datagram(encode_ack(answer), now + one_way)
+            now += one_way
+        else:
+            assert deadline is not None and deadline < CurlReceiver.RETRY_TIME, "left to curl's re-ACK"
+            now = deadline
+            transfer.handle_timer(now)
+        in_flight += [(now + one_way, packet) for packet in sent(transfer)]
+        in_flight.sort(key=lambda item: item[0])
+    assert bytes(curl.received) == data and now < 3.0
+
+
 def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
     transfer = make(b"p" * 512 * 20, config=TransferConfig(anticipate=4))
     sent(transfer)
@@ -711,7 +754,7 @@ def test_a_late_ack_after_a_rewind_never_resends_acknowledged_blocks() -> None:
     deadline = transfer.get_timer()
     assert deadline is not None
     transfer.handle_timer(deadline)  # spurious: the ACKs were only late
-    assert blocks(sent(transfer)) == [3, 4]  # the halved window
+    assert blocks(sent(transfer)) == [3, 4, 6]  # the halved window, and the highest block
     resent = blocks(ack(transfer, 5, deadline + 0.01))
     assert resent and min(resent) == 6
 

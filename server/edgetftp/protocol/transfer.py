@@ -73,6 +73,7 @@ TIMING_INTERVAL = 8  # blocks between two round-trip samples
 CEILING_RECOVERY = 4  # clean windows (of the full size) before a lowered window ceiling rises by one
 CEILING_EVIDENCE = 2  # a repeated loss lowers the ceiling only within this many windows of clean blocks
 INITIAL_WINDOW = 2  # blocks beyond the first ACK for a lock-step client: an unproven address
+STALL_RESEND_SPAN = 4  # blocks from the first unacknowledged one in a stall's later resends
 UNPROVEN_RESENDS = 1  # timeout resends per stall until a second ACK has made progress
 WINDOWED_RESENDS = 1  # timeout resends per stall of an RFC 7440 window; then the receiver's re-ACKs
 WINDOWED_PROBES = 1  # then, once proven, the next window per stall: the receiver's ACK may be lost
@@ -611,25 +612,56 @@ class ReadTransfer:
     def _retransmit(self, now: float) -> None:
         """A timeout after the first ACK: resend from the first unacknowledged block, boundedly.
 
-        Once a second ACK has proven the address, the window (an RFC 7440 one whole: its receiver ACKs
-        only a whole window; the anticipation window halved) is resent once per stall; every other
-        resend is the first unacknowledged block alone (none for RFC 7440, see ``_resend_limit``).  So
-        a window drawn by one blind ACK costs that window plus ``UNPROVEN_RESENDS`` blocks, and a
-        stalled window later at most one more window plus ``retries`` blocks.
+        An RFC 7440 window is resent whole once per stall (its receiver ACKs only a whole window),
+        then probed (``_probe_next_window``).  An anticipation window is halved; a proven session's
+        first resend is that halved window, each later one the first ``STALL_RESEND_SPAN`` blocks,
+        and every one also the highest block sent (``_resend_highest``).  An unproven session's is
+        the first unacknowledged block alone: its receiver re-ACKs on its own timeout if it is real
+        (``_on_timeout_ack``).  So a window drawn by one blind ACK costs that window plus
+        ``UNPROVEN_RESENDS`` blocks, and a stalled window later at most one more window plus
+        ``retries`` x (``STALL_RESEND_SPAN`` + 1) blocks.
         """
         self._retries += 1
         self._rto = min(self._rto * 2, self._max_rto)
         self._window_sent_at = now
-        if self._go_back_on_ack and self._retries > WINDOWED_RESENDS:
-            self._probe_next_window(now)
-            return
         self._next = self._acked + 1
-        # The first resend of a proven stall is the (halved, for anticipation) window; an unproven
-        # session's receiver re-ACKs on its own timeout if it is real (_on_timeout_ack).
-        whole_window = self._retries == 1 and self._proven
-        if not self._go_back_on_ack:
-            self._shrink_window()
-        self._fill(now, whole_window)
+        if self._go_back_on_ack:
+            if self._retries > WINDOWED_RESENDS:
+                self._probe_next_window(now)
+            else:
+                self._fill(now, whole_window=self._proven)
+            return
+        self._shrink_window()
+        if not self._proven:
+            self._fill(now, whole_window=False)
+        elif self._retries == 1:
+            self._fill(now)
+            self._resend_highest(now)
+        else:
+            self._fill(now, limit=min(self._acked + STALL_RESEND_SPAN, self._flight_end()))
+            self._resend_highest(now)
+
+    def _flight_end(self) -> int:
+        """The highest block sent that the window still covers (the highest sent is older after a
+        restart from ACK 0)."""
+        return min(self._highest_sent, self._acked + self._window)
+
+    def _resend_highest(self, now: float) -> None:
+        """Resend the highest block sent too, when the resend from the first unacknowledged block
+        did not reach it.
+
+        A lock-step client ignores blocks before its own (curl, tftp-hpa's client) and answers only
+        a copy of its last block or the next one.  When the ACKs for everything it got were lost, it
+        sits at our highest block, which resends from the first unacknowledged one never reach: at
+        3% loss, two ACKs lost in a row stalled curl for good once a window was cut to 2 (7 in 40
+        simulated 1 MiB transfers; curl re-ACKs every 72 s by default, after our 30 s of patience).
+        ``STALL_RESEND_SPAN`` covers a client a few blocks ahead whose one answer was lost."""
+        highest, resume = self._flight_end(), self._next
+        if resume > highest or self._waiting_to_send:
+            return  # already in the resend, or the pace or the budget holds the rest
+        self._next = highest
+        self._fill(now, limit=highest)
+        self._next = resume  # an ACK of the first block goes on from here, not after the highest
 
     def _probe_next_window(self, now: float) -> None:
         """The window resent drew no ACK: send the next one, as if the window's ACK had come.
