@@ -448,7 +448,8 @@ def test_random_loss_after_a_clean_run_does_not_lower_the_ceiling() -> None:
 
 
 def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
-    """A client that keeps only the next block (a tiny firmware ring) loses every block sent ahead."""
+    """A client that keeps only the next block (a tiny firmware ring) loses every block sent ahead,
+    on a LAN: below ``PACING_MIN_RTT`` a window leaves back to back."""
     data = bytes(512 * 300)
     transfer = make(data, config=TransferConfig(anticipate=16))
     now, expected, timeouts = 0.0, 1, 0
@@ -457,7 +458,7 @@ def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
         for packet in packets:
             if isinstance(packet, Data) and packet.block == expected & 0xFFFF:
                 expected += 1  # the one block it has room for; the rest of the burst is dropped
-                now += 0.01
+                now += 0.001
                 transfer.receive_datagram(encode_ack(packet.block), now)
                 break
         packets = sent(transfer)
@@ -472,6 +473,31 @@ def test_a_client_that_cannot_take_bursts_settles_at_lock_step() -> None:
     assert event is not None and event.outcome is Outcome.COMPLETED
     assert expected == 302  # 300 full blocks and the empty last one, all delivered in order
     assert timeouts <= 12  # halvings, then about one probe per 64 clean blocks (151 without a ceiling)
+
+
+@pytest.mark.parametrize(("one_way", "ceiling"), [(0.0005, 1), (0.025, 2)])
+def test_a_loss_repeated_at_one_size_lowers_the_ceiling_only_when_unpaced(
+    one_way: float, ceiling: int
+) -> None:
+    """On a LAN a window leaves back to back, and a loss again at the same size soon after is a ring
+    that cannot take it.  A paced window reaches the client spread over the round trip, so there it
+    is random loss: at 3% each way, ratcheting capped curl at lock-step (0.1 s a block at 100 ms)."""
+    transfer = make(b"r" * 512 * 400, config=TransferConfig(anticipate=2))
+    sent(transfer)
+    now, block, lost_at = 0.0, 1, []
+    for _ in range(2):  # grow to the cap of 2 and lose there, twice
+        while transfer.snapshot().window < 2:
+            now += 2 * one_way
+            ack(transfer, block, now)
+            block += 1
+        lost_at.append(block)
+        deadline = transfer.get_timer()
+        assert deadline is not None
+        now = deadline
+        transfer.handle_timer(now)
+        sent(transfer)
+    assert lost_at[1] - lost_at[0] < 2 * 2  # within two windows: the signature of a small ring
+    assert transfer.snapshot().window_ceiling == ceiling
 
 
 def test_negotiated_windows_are_always_sent_whole() -> None:
