@@ -634,12 +634,12 @@ class ReadTransfer:
         self._shrink_window()
         if not self._proven:
             self._fill(now, whole_window=False)
-        elif self._retries == 1:
+            return
+        if self._retries == 1:
             self._fill(now)
-            self._resend_highest(now)
         else:
             self._fill(now, limit=min(self._acked + STALL_RESEND_SPAN, self._flight_end()))
-            self._resend_highest(now)
+        self._resend_highest(now)
 
     def _flight_end(self) -> int:
         """The highest block sent that the window still covers (the highest sent is older after a
@@ -672,7 +672,7 @@ class ReadTransfer:
         it waited its 5 s timeout (2 of 3 runs of 1 MiB at 3% loss, in a capture).  Blocks up to our
         highest + windowsize contain L + windowsize whatever L was, so it ACKs that one instead.
         """
-        window_end = min(self._highest_sent, self._acked + self._window)  # lower after a restart
+        window_end = self._flight_end()
         self._next = self._probed_from = window_end + 1
         self._fill(now, limit=window_end + self._window)
 
