@@ -264,7 +264,7 @@ class Session:
                     self._fail(f"socket: {exc.strerror or exc}")
                 return
             if self._state is _State.FINISHED:
-                self._count_stray(size)
+                self._count_stray(size, address)
                 continue
             self._on_datagram(size, address)
 
@@ -366,9 +366,13 @@ class Session:
             self._reacked = True
             self._unacked = 0
 
-    def _count_stray(self, size: int) -> None:
+    def _count_stray(self, size: int, address: Any) -> None:
         if size >= 4 and self._view[1] in (OP_DATA, OP_OACK) and self._view[0] == 0:
             self._result.stray_after_done += 1
+        if self._peer is not None and (address[0], address[1]) != self._peer:
+            # a second session whose first reply came after our end still shows as a second TID
+            self._result.foreign_tid_packets += 1
+            self._send_to(encode_error(ERROR_UNKNOWN_TID, "Unknown transfer ID"), address)
 
     # --- timer ---
 
