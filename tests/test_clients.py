@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.impairment import Direction, ImpairmentProxy, Spare
 from tests.conftest import SIZES, ContentTree, ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -185,3 +186,47 @@ def test_missing_file_fails_every_client(shared_server: ServerProcess, tmp_path:
         result = fetch_with(client, shared_server.address, "no-such-file.efi", out)
         produced = out.exists() and out.stat().st_size > 0
         assert result.returncode != 0 or not produced, client
+
+
+def drop_the_first_ack_0() -> tuple[list[bytes], Spare]:
+    """A relay ``spare`` that lets everything through but the client's first ACK 0 (with loss 1.0)."""
+    dropped: list[bytes] = []
+
+    def spare(direction: Direction, datagram: bytes) -> bool:
+        if direction is Direction.TO_SERVER and datagram[:4] == b"\x00\x04\x00\x00" and not dropped:
+            dropped.append(datagram)
+            return False
+        return True
+
+    return dropped, spare
+
+
+LOST_ACK_0_COMMANDS = {
+    # curl without --max-time repeats its ACK 0 only after 72 s (an hour / 50), after our session
+    # without an ACK has given up (19 s): it hung for good until our timer resent the OACK late.
+    "curl": lambda host, port, name, out: ["curl", "-sS", "-o", out, f"tftp://{host}:{port}/{name}"],
+    # atftp aborts on a second OACK: its own re-ACK (5 s) must come before our late resend.
+    "atftp": lambda host, port, name, out: [
+        *("atftp", "--option", "blksize 1428", "--option", "tsize"),
+        *("-g", "-r", name, "-l", out, host, str(port)),
+    ],
+    "busybox": lambda host, port, name, out: [
+        *("busybox", "tftp", "-b", "1428", "-g", "-r", name, "-l", out, host, str(port)),
+    ],
+}
+
+
+@pytest.mark.parametrize("client", list(LOST_ACK_0_COMMANDS))
+def test_a_lost_ack_0_costs_each_client_seconds_not_the_file(
+    client: str, shared_server: ServerProcess, content: ContentTree, tmp_path: Path
+) -> None:
+    if not _have(CLIENTS[client]):
+        pytest.skip(f"{client} is not installed")
+    dropped, spare = drop_the_first_ack_0()
+    out = tmp_path / "x1432.bin"
+    with ImpairmentProxy.start_in_thread(shared_server.address, loss=1.0, spare=spare) as proxy:
+        command = LOST_ACK_0_COMMANDS[client](*proxy.address, "x1432.bin", str(out))
+        result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert len(dropped) == 1
+    assert result.returncode == 0, result.stderr
+    assert sha256_of(out) == content.digests["x1432.bin"]

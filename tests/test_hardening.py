@@ -429,12 +429,17 @@ def test_spoofed_rrq_gets_only_the_first_reply(
 
 
 def test_spoofed_rrq_with_default_settings(start_server: StartServer, tmp_path: Path) -> None:
-    """Every setting at its default (1 s timeout, 4 s cap: a silent session lives ~19 s)."""
+    """Every setting at its default (1 s timeout, 4 s cap: a silent session lives ~19 s), watched
+    for its whole life: an OACK comes again at the late slots of the schedule (7, 11 and 15 s, for
+    a client whose ACK 0 was lost), DATA 1 never."""
     (tmp_path / "a").write_bytes(random.Random(2).randbytes(4096))
     server = start_server(str(tmp_path))
-    cases = spoofed_requests(server, quiet=5.0)
+    unconfirmed = retransmission_schedule(TransferConfig(), confirmed=False)
+    cases = spoofed_requests(server, quiet=unconfirmed.resends[0] + 1.0)
     for case in cases:
         check_reflection(case, retries=5, label="defaults")
+        late = len(unconfirmed.resends) if isinstance(decode(case.replies[0]), OptionAck) else 0
+        assert len(case.replies) == 1 + late, case
     worst = max(cases, key=lambda case: case.factor)
     assert worst.label.startswith("no options") and len(worst.replies[0]) == 516
 

@@ -30,6 +30,7 @@ from edgetftp.protocol import (
 from edgetftp.protocol.budget import SendBudget
 from edgetftp.protocol.packets import encode_ack, encode_error
 from edgetftp.protocol.transfer import (
+    OACK_RESEND_AFTER,
     PACING_GAIN_SLOW_START,
     PACING_MIN_BURST,
     PACING_MIN_RTT,
@@ -133,15 +134,48 @@ def test_timeout_retransmits_with_backoff_then_gives_up() -> None:
     assert transfer.get_timer() is None
 
 
-def test_first_reply_is_resent_only_for_a_repeated_request() -> None:
-    """No reflection: before the client's first ACK the timer never resends; a repeated RRQ does, once."""
-    transfer = make(b"o" * 2000, {"tsize": "0"})
-    assert sent(transfer) == [OptionAck({"tsize": "2000"})]
+def test_an_unanswered_oack_is_resent_by_our_timer_only_late() -> None:
+    """Before the client's first ACK our timer resends an OACK (no larger than the request) only from
+    OACK_RESEND_AFTER on, past atftp's 5 s re-ACK (atftp aborts on a second OACK): with the defaults
+    at 7, 11 and 15 s, then it gives up at 19 s."""
+    transfer = make(b"o" * 2000, {"tsize": "0"}, TransferConfig())
+    oack = OptionAck({"tsize": "2000"})
+    assert sent(transfer) == [oack]
+    resent_at = []
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        resent_at += [deadline] * len(replies := sent(transfer))
+        assert replies in ([], [oack])  # the OACK again, never anything else
+    schedule = retransmission_schedule(TransferConfig(), confirmed=False)
+    assert resent_at == [7.0, 11.0, 15.0] == list(schedule.resends)
+    assert resent_at[0] >= OACK_RESEND_AFTER
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.TIMED_OUT and event.stats.ended == 19.0
+
+
+def test_oack_resends_for_repeated_requests_and_late_ones_share_one_bound() -> None:
+    transfer = make(b"o" * 2000, {"tsize": "0"}, TransferConfig())
+    sent(transfer)
+    for t in (1.0, 2.0, 3.0, 4.0):
+        transfer.request_repeated(t)
+    assert len(sent(transfer)) == 4
+    resent = 0
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        resent += len(sent(transfer))
+    assert resent == 1  # retries (5) in all: one of the three late slots is left
+
+
+def test_data_1_is_resent_only_for_a_repeated_request() -> None:
+    """No reflection: DATA 1 (the largest first reply: 51.6 times a request without options) never
+    comes again from our timer before the client's first ACK; a repeated RRQ brings it, once."""
+    transfer = make(b"o" * 2000, config=TransferConfig())
+    assert len(sent(transfer)) == 1
     while (deadline := transfer.get_timer()) is not None:
         transfer.handle_timer(deadline)
         assert sent(transfer) == []  # a spoofed request gets exactly one reply
     event = transfer.next_event()
-    assert event is not None and event.outcome is Outcome.TIMED_OUT
+    assert event is not None and event.outcome is Outcome.TIMED_OUT and event.stats.ended == 19.0
 
     transfer = make(b"o" * 2000)
     assert len(sent(transfer)) == 1
@@ -626,14 +660,26 @@ class CurlReceiver:
         return self.quiet_since + self.RETRY_TIME
 
 
+class CurlWithoutMaxTime(CurlReceiver):
+    """curl run without --max-time: the transfer timeout is an hour, a re-ACK every 3,600 / 50 s."""
+
+    RETRY_TIME = 72.0
+    MAX_TIME = 200.0  # enough to see its first re-ACK, and the next
+    OPTIONS: ClassVar[dict[str, str]] = {"tsize": "0", "blksize": "1432", "timeout": "6"}
+
+
 def curl_over_a_link(
-    data: bytes, config: TransferConfig, fate: Callable[[bool, bytes], int], one_way: float = 0.025
+    data: bytes,
+    config: TransferConfig,
+    fate: Callable[[bool, bytes], int],
+    one_way: float = 0.025,
+    curl: CurlReceiver | None = None,
 ) -> tuple[CurlReceiver, ReadTransfer, float, float]:
     """Serve ``data`` to a ``CurlReceiver`` across a link of ``one_way`` seconds each way, where
     ``fate(towards the client, datagram)`` says how many copies of each datagram arrive (0: lost).
     Returns the receiver, the transfer, when it ended (or gave up) and the longest pacing wait."""
-    curl = CurlReceiver()
-    transfer = ReadTransfer(ReadRequest("f", "octet", dict(CurlReceiver.OPTIONS)), config, 1468, now=0.0)
+    curl = curl or CurlReceiver()
+    transfer = ReadTransfer(ReadRequest("f", "octet", dict(curl.OPTIONS)), config, 1468, now=0.0)
     transfer.accept(len(data), now=0.0)
     transfer.feed(data, eof=True, now=0.0)
     queue: list[tuple[float, int, bool, bytes]] = []  # (arrival, order, towards the client, datagram)
@@ -654,7 +700,7 @@ def curl_over_a_link(
 
     now = 0.0
     drain(now)
-    while not curl.done and now < CurlReceiver.MAX_TIME:
+    while not curl.done and now < curl.MAX_TIME:
         server_timer = transfer.get_timer()
         events = [curl.timer(), queue[0][0] if queue else math.inf]
         now = min(events + ([server_timer] if server_timer is not None else []))
@@ -674,6 +720,25 @@ def curl_over_a_link(
             transfer.handle_timer(now)
         drain(now)
     return curl, transfer, now, longest_pace
+
+
+def test_curl_without_max_time_gets_the_file_when_its_ack_0_is_lost() -> None:
+    """curl waits 72 s before it repeats a lost ACK 0, and our session without an ACK gives up
+    after 19 s: the transfer failed.  The OACK our timer resends late draws that ACK at once."""
+    data = random.Random(8).randbytes(24 * 1024 + 7)
+    lost: list[bytes] = []
+
+    def first_ack_0_lost(to_client: bool, datagram: bytes) -> int:
+        if not to_client and datagram == encode_ack(0) and not lost:
+            lost.append(datagram)
+            return 0
+        return 1
+
+    config = TransferConfig()
+    curl, transfer, ended, _ = curl_over_a_link(data, config, first_ack_0_lost, curl=CurlWithoutMaxTime())
+    assert lost and curl.done and bytes(curl.received) == data, transfer.snapshot()
+    first_slot = retransmission_schedule(config, confirmed=False).resends[0]
+    assert OACK_RESEND_AFTER <= first_slot < ended < first_slot + 1.0  # 7 s, then the file at once
 
 
 def curl_over_a_lossy_link(

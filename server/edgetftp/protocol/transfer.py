@@ -34,7 +34,9 @@ send nothing (Sorcerer's Apprentice) unless they are a receiver's own timeout (`
 only a timeout, or an RFC 7440 gap ACK, resends.
 
 Reflection (TFTP has no handshake; see docs/hardening.md): until the client's first ACK only the
-first reply is sent, and only the client's repeated RRQ brings it again (``request_repeated``).  A
+first reply is sent, and only the client's repeated RRQ brings it again (``request_repeated``), but
+for an OACK (no larger than the request), which our timer also resends late in the schedule
+(``OACK_RESEND_AFTER``): curl re-ACKs a lost ACK 0 only after 72 s, or on a new OACK.  A
 stalled RFC 7440 window is resent whole once by our timer (then, for a proven client, the next
 window once, in case the receiver's ACK was lost), then only for the receiver's own timeout re-ACK;
 a stalled anticipation window is resent halved once, then the first unacknowledged block alone, at
@@ -75,6 +77,7 @@ CEILING_EVIDENCE = 2  # a repeated loss lowers the ceiling only within this many
 INITIAL_WINDOW = 2  # blocks beyond the first ACK for a lock-step client: an unproven address
 STALL_RESEND_SPAN = 4  # blocks from the first unacknowledged one in a stall's later resends
 UNPROVEN_RESENDS = 1  # timeout resends per stall until a second ACK has made progress
+OACK_RESEND_AFTER = 6.0  # seconds before our timer resends an unanswered OACK: past atftp's 5 s re-ACK
 WINDOWED_RESENDS = 1  # timeout resends per stall of an RFC 7440 window; then the receiver's re-ACKs
 WINDOWED_PROBES = 1  # then, once proven, the next window per stall: the receiver's ACK may be lost
 PLAUSIBLE_RTT_FRACTION = 0.5  # an ACK for the initial window sooner than this x the first RTT is blind
@@ -143,18 +146,21 @@ def retransmission_schedule(
     """The server's retransmission schedule after the last progress.  Pure; tests use it as their bound.
 
     ``client_timeout`` is the RFC 2349 timeout the client negotiated (it sets the interval, never the
-    silence beyond ``max_silence``); ``confirmed`` False is a client that never ACKed (no resends, a
-    shorter patience); ``first_rto`` is the measured timeout (default: the configured one);
-    ``proven`` False is a client with a single ACK so far (``UNPROVEN_RESENDS`` resends at most);
-    ``windowed`` is a client that negotiated windowsize (``WINDOWED_RESENDS``).
+    silence beyond ``max_silence``); ``confirmed`` False is a client that never ACKed (a shorter
+    patience, and resends of an OACK only, from ``OACK_RESEND_AFTER`` on); ``first_rto`` is the
+    measured timeout (default: the configured one); ``proven`` False is a client with a single ACK
+    so far (``UNPROVEN_RESENDS`` resends at most); ``windowed`` is a client that negotiated
+    windowsize (``WINDOWED_RESENDS``).
     """
     base = float(client_timeout) if client_timeout is not None else config.timeout
     ceiling = max(config.max_timeout, base)
     give_up = min(config.max_silence, _backoff_total(base, ceiling, config.retries + 1))
     if not confirmed:
         # Nothing proves the address is real: the server's own schedule, never the client's timeout.
-        own = _backoff_total(config.timeout, config.max_timeout, config.retries + 1)
-        return Schedule((), min(give_up, own))
+        expiries = _backoff_times(config.timeout, config.max_timeout, config.retries + 1)
+        patience = min(give_up, expiries[-1])
+        late = [at for at in expiries[: config.retries] if OACK_RESEND_AFTER <= at < patience]
+        return Schedule(tuple(late), patience)
     rto, at = first_rto if first_rto is not None else base, 0.0
     resends: list[float] = []
     limit = _resend_limit(config.retries, proven, windowed)
@@ -178,11 +184,17 @@ def _resend_limit(retries: int, proven: bool, windowed: bool) -> int:
 
 
 def _backoff_total(first: float, ceiling: float, steps: int) -> float:
-    rto, total = first, 0.0
+    return _backoff_times(first, ceiling, steps)[-1]
+
+
+def _backoff_times(first: float, ceiling: float, steps: int) -> list[float]:
+    """When each of ``steps`` timeouts expires, the first lasting ``first``, each next twice as long."""
+    rto, at, times = first, 0.0, []
     for _ in range(steps):
-        total += rto
+        at += rto
+        times.append(at)
         rto = min(rto * 2, ceiling)
-    return total
+    return times
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +275,8 @@ class ReadTransfer:
         self._peer_confirmed = False  # the client has ACKed: its address answers (or is spoofed well)
         self._proven = False  # a second ACK made progress, in plausible time after the first
         self._confirmed_at = now  # when the first ACK came (and the initial window left)
-        self._resent_first = 0  # first replies resent for repeated requests
+        self._resent_first = 0  # first replies resent (for repeated requests, or an OACK late)
+        self._oack_resends: tuple[float, ...] = ()  # when our timer resends an unanswered OACK
         self._restarted = False  # the client went back to ACK 0 once (see _on_restart)
         self._first_sent_at = now
         self._window_sent_at = now  # when an RFC 7440 window was last sent from its start
@@ -310,7 +323,8 @@ class ReadTransfer:
             self._client_timeout = self._base_rto = float(granted.timeout)
             self._max_rto = max(self._max_rto, self._base_rto)
         self._rto = self._settled_rto = self._base_rto
-        self._patience = retransmission_schedule(config, self._client_timeout, confirmed=False).give_up
+        unconfirmed = retransmission_schedule(config, self._client_timeout, confirmed=False)
+        self._patience = unconfirmed.give_up
         self._last_heard = now
         self.stats.blksize, self.stats.size = self._blksize, size
         if self._go_back_on_ack:
@@ -320,6 +334,7 @@ class ReadTransfer:
         self._first_sent_at = now
         if granted.oack:
             self._oack = encode_oack(granted.oack)
+            self._oack_resends = tuple(now + at for at in unconfirmed.resends)
             self.state = State.OACK_SENT
             self._send(self._oack)
             self._timed_block, self._timed_at = 0, now
@@ -431,18 +446,34 @@ class ReadTransfer:
         if self._peer_confirmed and self._retries < self._resend_limit():
             self._deadline = None
             self._retransmit(now)  # its fill sets the wake-up: the pace (it was lost here) or the timeout
+        elif self._peer_confirmed:
+            self._deadline = give_up_at  # after the resends: silence, then the wake-up that gives up
         else:
-            # Before the first ACK nothing is resent here (no reflection): only the client's own
-            # repeated RRQ brings the first reply again (request_repeated).  After the resends:
-            # silence, and the next wake-up is the one that gives up.
-            self._deadline = give_up_at
+            next_slot = self._resend_oack_late(now)
+            self._deadline = give_up_at if next_slot is None else next_slot
+
+    def _resend_oack_late(self, now: float) -> float | None:
+        """Before the first ACK, resend an OACK at its late slots; when the next slot is, if any.
+
+        Nothing else is resent here (no reflection): DATA 1 comes again only for the client's own
+        repeated RRQ (request_repeated).  A client whose ACK 0 was lost waits for DATA 1 and may not
+        re-ACK for long (curl: 72 s, after we gave up); a new OACK draws its ACK 0 at once.  The
+        slots start past atftp's re-ACK, as atftp aborts on a second OACK.
+        """
+        slots = self._oack_resends
+        due = sum(1 for at in slots if at <= now)
+        if due:
+            self._oack_resends = slots = slots[due:]
+            self._resend_oack()
+        return slots[0] if slots else None
 
     def request_repeated(self, now: float) -> None:
         """The client sent its RRQ again: our first reply was lost (or is late).
 
-        Until the client has ACKed, this is the only way the first reply (OACK or DATA 1) is sent
-        again, once per repeated request and at most ``retries`` times: a spoofed request then draws one
-        reply per datagram the spoofer sends, never a stream of retransmissions.
+        Until the client has ACKed, this is the only way DATA 1 is sent again, and an OACK this way
+        or late on our timer (``_resend_oack_late``): once per repeated request and at most
+        ``retries`` times in all, so a spoofed request draws one reply per datagram the spoofer
+        sends, and a few OACKs, never a stream of retransmissions.
         """
         if self._peer_confirmed or self._resent_first >= self._config.retries:
             return
@@ -450,14 +481,19 @@ class ReadTransfer:
             return  # a duplicate from the network, not the client's retransmission
         self._first_sent_at = now
         if self.state is _OACK_SENT:
-            self._resent_first += 1
-            self.stats.retransmits += 1
-            self._forget_ambiguous_timing(0, 0)  # the OACK is timed as block 0
-            self._send(self._oack)
+            self._resend_oack()
         elif self.state is _SENDING and self._highest_sent == 1:
             self._resent_first += 1
             self._next = 1
             self._fill(now)
+
+    def _resend_oack(self) -> None:
+        if self.state is not _OACK_SENT or self._resent_first >= self._config.retries:
+            return
+        self._resent_first += 1
+        self.stats.retransmits += 1
+        self._forget_ambiguous_timing(0, 0)  # the OACK is timed as block 0
+        self._send(self._oack)
 
     def get_timer(self) -> float | None:
         deadline = self._deadline
