@@ -28,7 +28,7 @@ from edgetftp.protocol import (
     decode,
 )
 from edgetftp.protocol.budget import SendBudget
-from edgetftp.protocol.packets import encode_ack, encode_error
+from edgetftp.protocol.packets import encode_ack, encode_error, encode_request
 from edgetftp.protocol.transfer import (
     OACK_RESEND_AFTER,
     PACING_GAIN_SLOW_START,
@@ -164,6 +164,20 @@ def test_oack_resends_for_repeated_requests_and_late_ones_share_one_bound() -> N
         transfer.handle_timer(deadline)
         resent += len(sent(transfer))
     assert resent == 1  # retries (5) in all: one of the three late slots is left
+
+
+def test_an_oack_larger_than_its_request_is_not_resent_late() -> None:
+    """A tsize answer can make the OACK larger than the RRQ ("f", tsize 0: 18 bytes; the OACK for a
+    1 TB file: 22): then our timer never resends it, so the late resends amplify nothing."""
+    transfer = ReadTransfer(ReadRequest("f", "octet", {"tsize": "0"}), TransferConfig(), 1468, now=0.0)
+    transfer.accept(10**12, now=0.0)
+    (oack,) = transfer.datagrams_to_send()
+    assert len(oack) > len(encode_request(Opcode.RRQ, "f", "octet", {"tsize": "0"}))
+    while (deadline := transfer.get_timer()) is not None:
+        transfer.handle_timer(deadline)
+        assert transfer.datagrams_to_send() == []
+    event = transfer.next_event()
+    assert event is not None and event.outcome is Outcome.TIMED_OUT
 
 
 def test_data_1_is_resent_only_for_a_repeated_request() -> None:

@@ -68,6 +68,7 @@ from edgetftp.protocol.packets import (
     decode,
     encode_error,
     encode_oack,
+    encode_request,
 )
 
 SUPPORTED_MODES = frozenset({"octet", "netascii"})
@@ -181,6 +182,11 @@ def _resend_limit(retries: int, proven: bool, windowed: bool) -> int:
     if windowed:
         return min(retries, WINDOWED_RESENDS + (WINDOWED_PROBES if proven else 0))
     return retries if proven else min(retries, UNPROVEN_RESENDS)
+
+
+def _request_size(request: ReadRequest) -> int:
+    """The request's size on the wire, as decoded (a tsize answer can make an OACK larger)."""
+    return len(encode_request(Opcode.RRQ, request.filename, request.mode, request.options))
 
 
 def _backoff_total(first: float, ceiling: float, steps: int) -> float:
@@ -334,7 +340,8 @@ class ReadTransfer:
         self._first_sent_at = now
         if granted.oack:
             self._oack = encode_oack(granted.oack)
-            self._oack_resends = tuple(now + at for at in unconfirmed.resends)
+            if len(self._oack) <= _request_size(self.request):  # no amplification by the late resends
+                self._oack_resends = tuple(now + at for at in unconfirmed.resends)
             self.state = State.OACK_SENT
             self._send(self._oack)
             self._timed_block, self._timed_at = 0, now
