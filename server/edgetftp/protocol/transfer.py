@@ -35,7 +35,8 @@ only a timeout, or an RFC 7440 gap ACK, resends.
 
 Reflection (TFTP has no handshake; see docs/hardening.md): until the client's first ACK only the
 first reply is sent, and only the client's repeated RRQ brings it again (``request_repeated``), but
-for an OACK (no larger than the request), which our timer also resends late in the schedule
+for an OACK that grants a timeout (RFC 2349: the client asked for retransmissions at that interval)
+and is no larger than its request, which our timer also resends late in the schedule
 (``OACK_RESEND_AFTER``): curl re-ACKs a lost ACK 0 only after 72 s, or on a new OACK.  A
 stalled RFC 7440 window is resent whole once by our timer (then, for a proven client, the next
 window once, in case the receiver's ACK was lost), then only for the receiver's own timeout re-ACK;
@@ -340,7 +341,7 @@ class ReadTransfer:
         self._first_sent_at = now
         if granted.oack:
             self._oack = encode_oack(granted.oack)
-            if len(self._oack) <= _request_size(self.request):  # no amplification by the late resends
+            if granted.timeout is not None and len(self._oack) <= _request_size(self.request):
                 self._oack_resends = tuple(now + at for at in unconfirmed.resends)
             self.state = State.OACK_SENT
             self._send(self._oack)
@@ -464,8 +465,10 @@ class ReadTransfer:
 
         Nothing else is resent here (no reflection): DATA 1 comes again only for the client's own
         repeated RRQ (request_repeated).  A client whose ACK 0 was lost waits for DATA 1 and may not
-        re-ACK for long (curl: 72 s, after we gave up); a new OACK draws its ACK 0 at once.  The
-        slots start past atftp's re-ACK, as atftp aborts on a second OACK.
+        re-ACK for long (curl: 72 s, after we gave up); a new OACK draws its ACK 0 at once.  Only an
+        OACK that grants a timeout has slots (``accept``): a client that negotiates one asked for
+        retransmissions (curl always does), and atftp 0.8, which aborts on a second OACK, does not
+        by default; the slots also start past atftp's 5 s re-ACK.
         """
         slots = self._oack_resends
         due = sum(1 for at in slots if at <= now)
